@@ -1,0 +1,99 @@
+"""The Python API: evaluate FHIR input against a protocol variant.
+
+    from adapter.api import evaluate_path
+    run = evaluate_path("examples/", "nhs-ta514", as_of=date(2026, 11, 21))
+    for result in run.results: print(result["eligibility"]["status"])
+
+Each result is the evaluation JSON contract (docs/contract.md) as a dict.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from adapter import CONTRACT_VERSION
+from adapter.eligibility.engine import evaluate_eligibility
+from adapter.eligibility.results import Eligibility
+from adapter.errors import InputError
+from adapter.input.reader import InputBatch, read_input, read_resources
+from adapter.input.validate import validate_all
+from adapter.mapping.record import build_records
+from adapter.mapping.tables import load_tables
+from adapter.protocols import load_variant
+
+
+@dataclass(slots=True)
+class EvaluationRun:
+    results: list[dict[str, Any]] = field(default_factory=list)
+    ignored: Counter[str] = field(default_factory=Counter)  # resource types not used, with counts
+    orphans: list[str] = field(default_factory=list)  # resources with no Patient in the input
+
+
+def eligibility_json(e: Eligibility) -> dict[str, Any]:
+    return {
+        "status": e.status.value,
+        "criteria": [
+            {
+                "id": c.id,
+                "title": c.title,
+                "status": c.status.value,
+                "reason": c.reason,
+                "evidence": list(c.evidence),
+                "source": c.source,
+            }
+            for c in e.criteria
+        ],
+        "attestations": list(e.attestations),
+    }
+
+
+def evaluate_batch(
+    batch: InputBatch,
+    protocol: str,
+    as_of: date,
+    mappings: Sequence[str] = (),
+    validate: bool = True,
+    source: str = "input",
+) -> EvaluationRun:
+    tables = load_tables(tuple(str(m) for m in mappings))
+    variant = load_variant(protocol)
+    invalid = validate_all(batch.resources) if validate else {}
+    records = build_records(batch.resources, tables, invalid)
+    if not records.records:
+        raise InputError(source, "no Patient resource in the input")
+    run = EvaluationRun(ignored=batch.ignored, orphans=records.orphans)
+    for record in records.records:
+        eligibility = evaluate_eligibility(record, variant, as_of)
+        run.results.append(
+            {
+                "contract": CONTRACT_VERSION,
+                "patient": record.ref,
+                "protocol": variant.name,
+                "as_of": as_of.isoformat(),
+                "eligibility": eligibility_json(eligibility),
+            }
+        )
+    return run
+
+
+def evaluate_path(
+    path: str | Path, protocol: str, as_of: date, mappings: Sequence[str] = (), validate: bool = True
+) -> EvaluationRun:
+    """Evaluate a file or directory (Bundle, resource, NDJSON)."""
+    return evaluate_batch(read_input(path), protocol, as_of, mappings, validate, str(path))
+
+
+def evaluate_resources(
+    items: Iterable[dict[str, Any]],
+    protocol: str,
+    as_of: date,
+    mappings: Sequence[str] = (),
+    validate: bool = True,
+) -> EvaluationRun:
+    """Evaluate already-parsed resources or Bundles (e.g. from an integration engine)."""
+    return evaluate_batch(read_resources(items), protocol, as_of, mappings, validate, "<api>")

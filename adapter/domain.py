@@ -1,0 +1,135 @@
+"""The protocol's view of one patient (PatientRecord) and the facts it is made of.
+
+Rules read only these types, never FHIR JSON. Every fact keeps the reference of the FHIR
+resource it came from, so every decision can show its evidence. Values that could not be used
+are kept too (``Unusable``), with the reason, so that a rule can say *why* a datum is unknown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+
+
+@dataclass(frozen=True, slots=True)
+class DateRange:
+    """A FHIR date or dateTime as the range of days it may mean ("2026-07" is a whole month)."""
+
+    earliest: date
+    latest: date
+
+    @property
+    def precise(self) -> bool:
+        return self.earliest == self.latest
+
+    def __str__(self) -> str:
+        return self.earliest.isoformat() if self.precise else f"{self.earliest}..{self.latest}"
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """A usable Observation value, in the concept's canonical unit or as a mapped coded value."""
+
+    concept: str
+    ref: str
+    day: date
+    status: str
+    number: float | None = None
+    comparator: str | None = None  # "<", "<=", ">=", ">" when the lab reported a bound
+    unit: str | None = None
+    coded: str | None = None
+    uln: float | None = None
+    uln_source: str | None = None  # "referenceRange" or "default"
+    uln_problem: str | None = None  # why the Observation's own ULN could not be used
+
+    def text(self) -> str:
+        if self.number is not None:
+            num = f"{self.number:.4g}"
+            unit = f" {self.unit}" if self.unit and self.unit != "1" else ""
+            return f"{self.comparator or ''}{num}{unit}"
+        return str(self.coded)
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The interval the true value lies in (a comparator makes it half-open)."""
+        assert self.number is not None
+        v = self.number
+        if self.comparator in ("<", "<="):
+            return (float("-inf"), v)
+        if self.comparator in (">", ">="):
+            return (v, float("inf"))
+        return (v, v)
+
+
+@dataclass(frozen=True, slots=True)
+class Unusable:
+    """An Observation for a protocol concept whose value cannot be used, and why."""
+
+    concept: str
+    ref: str
+    day: date | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionFact:
+    concept: str
+    ref: str
+    active: bool  # clinicalStatus active/recurrence/relapse (or absent)
+    clinical_status: str | None
+    confirmed: (
+        bool  # verificationStatus confirmed (or absent); False for unconfirmed/provisional/differential
+    )
+    onset: DateRange | None = None
+    abatement: DateRange | None = None
+    severity: str | None = None  # "mild" | "moderate" | "severe" | None
+    display: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Exposure:
+    """A medication given, taken or ordered (MedicationRequest/-Statement/-Administration)."""
+
+    concept: str
+    ref: str
+    status: str
+    start: DateRange | None
+    end: DateRange | None  # None with ongoing=False: end not recorded
+    ongoing: bool
+    intrathecal: bool = False
+    display: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcedureFact:
+    concept: str
+    ref: str
+    status: str
+    when: DateRange | None  # the end of performedPeriod, or performedDateTime
+    display: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AllergyFact:
+    concept: str
+    ref: str
+    active: bool
+    confirmed: bool
+    display: str = ""
+
+
+@dataclass(slots=True)
+class PatientRecord:
+    ref: str  # "Patient/<id>"
+    birth_date: DateRange | None = None
+    birth_problem: str | None = None
+    gender: str | None = None
+    readings: dict[str, list[Reading]] = field(default_factory=dict)
+    unusable: dict[str, list[Unusable]] = field(default_factory=dict)
+    conditions: dict[str, list[ConditionFact]] = field(default_factory=dict)
+    exposures: dict[str, list[Exposure]] = field(default_factory=dict)
+    procedures: dict[str, list[ProcedureFact]] = field(default_factory=dict)
+    allergies: dict[str, list[AllergyFact]] = field(default_factory=dict)
+    #: Problems with this patient's input that must block an "eligible" (invalid or conflicting resources).
+    integrity_problems: list[str] = field(default_factory=list)
+    integrity_evidence: list[str] = field(default_factory=list)

@@ -1,0 +1,1 @@
+"""Eligibility: criteria as data (adapter/protocols/*.yaml) plus the small rule functions here."""

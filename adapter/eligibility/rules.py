@@ -1,0 +1,643 @@
+"""Rule functions. Each takes the patient's record and its parameters from the variant's YAML
+and returns an Outcome with a reason and the evidence it used. No rule reads a file, a clock
+or the network; the as-of date comes in the context.
+
+Open and closed world (documented in docs/criteria.md):
+- a *measurement or test* the protocol needs that is not recorded is ``unknown`` (open world);
+- a *diagnosis*, procedure, allergy or medication that is not recorded counts as absent
+  (closed world), so an exclusion on it is ``met`` when nothing is recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+from adapter.domain import ConditionFact, DateRange, Exposure, PatientRecord, Reading
+from adapter.eligibility.results import Outcome, Status, combine_all
+from adapter.eligibility.select import Selection, latest, months_before
+
+MET, NOT_MET, UNKNOWN, REVIEW = Status.MET, Status.NOT_MET, Status.UNKNOWN, Status.REVIEW
+
+
+@dataclass(frozen=True, slots=True)
+class RuleContext:
+    record: PatientRecord
+    as_of: date
+    accept_preliminary: bool = False
+    windows: dict[str, int] = field(default_factory=dict)  # concept -> max age in days
+
+    def select(self, concept: str, max_age_days: int | None = None, label: str | None = None) -> Selection:
+        window = max_age_days if max_age_days is not None else self.windows.get(concept)
+        return latest(self.record, concept, self.as_of, window, self.accept_preliminary, label)
+
+
+Rule = Callable[..., Outcome]
+RULES: dict[str, Rule] = {}
+
+
+def rule(fn: Rule) -> Rule:
+    RULES[fn.__name__] = fn
+    return fn
+
+
+def _status(name: str) -> Status:
+    return Status(name)
+
+
+def _label(concept: str) -> str:
+    return concept.replace("-", " ")
+
+
+def _within(
+    bounds: tuple[float, float], lo: float | None, hi: float | None, lo_incl: bool, hi_incl: bool
+) -> bool | None:
+    """True if the whole interval satisfies the limits, False if none of it does, None if it straddles."""
+
+    def ok(x: float) -> bool:
+        if lo is not None and (x < lo or (x == lo and not lo_incl)):
+            return False
+        return not (hi is not None and (x > hi or (x == hi and not hi_incl)))
+
+    a, b = bounds
+    if ok(a) and ok(b):
+        return True
+    reaches_lo = lo is None or b > lo or (b == lo and lo_incl)
+    reaches_hi = hi is None or a < hi or (a == hi and hi_incl)
+    if not (reaches_lo and reaches_hi):
+        return False
+    return None
+
+
+def _limits_text(lo: float | None, hi: float | None, lo_incl: bool, hi_incl: bool, unit: str = "") -> str:
+    parts = []
+    if lo is not None:
+        parts.append(f"{'≥' if lo_incl else '>'} {lo:g}{unit}")
+    if hi is not None:
+        parts.append(f"{'≤' if hi_incl else '<'} {hi:g}{unit}")
+    return " and ".join(parts)
+
+
+# -- demographics ---------------------------------------------------------------------------
+def _age_years(born: date, on: date) -> int:
+    return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+
+
+@rule
+def age_at_least(ctx: RuleContext, years: int) -> Outcome:
+    rec = ctx.record
+    if rec.birth_date is None:
+        return Outcome(UNKNOWN, rec.birth_problem or "birth date not recorded", (rec.ref,))
+    if rec.birth_date.earliest > ctx.as_of:
+        return Outcome(UNKNOWN, f"birth date {rec.birth_date} is after the as-of date (age < 0)", (rec.ref,))
+    youngest = _age_years(rec.birth_date.latest, ctx.as_of)
+    oldest = _age_years(rec.birth_date.earliest, ctx.as_of)
+    if youngest >= years:
+        return Outcome(MET, f"age {youngest} (born {rec.birth_date}) ≥ {years}", (rec.ref,))
+    if oldest < years:
+        return Outcome(NOT_MET, f"age {oldest} (born {rec.birth_date}) < {years}", (rec.ref,))
+    return Outcome(
+        UNKNOWN, f"birth date {rec.birth_date} is not precise enough to tell age ≥ {years}", (rec.ref,)
+    )
+
+
+# -- diagnosis and disease --------------------------------------------------------------------
+def _conditions(ctx: RuleContext, concepts: Iterable[str], history: bool) -> list[ConditionFact]:
+    out = []
+    for concept in concepts:
+        for fact in ctx.record.conditions.get(concept, ()):
+            if fact.onset is not None and fact.onset.earliest > ctx.as_of:
+                continue
+            if history or fact.active:
+                out.append(fact)
+    return out
+
+
+def _facts_text(facts: Iterable[Any]) -> str:
+    return ", ".join(f"{f.display or f.concept} ({f.ref})" for f in facts)
+
+
+@rule
+def diagnosis_present(ctx: RuleContext, concepts: list[str], label: str) -> Outcome:
+    facts = _conditions(ctx, concepts, history=True)
+    confirmed = [f for f in facts if f.confirmed]
+    if confirmed:
+        return Outcome(MET, f"{label} recorded: {_facts_text(confirmed)}", tuple(f.ref for f in confirmed))
+    if facts:
+        return Outcome(
+            REVIEW, f"{label} recorded but not confirmed: {_facts_text(facts)}", tuple(f.ref for f in facts)
+        )
+    return Outcome(NOT_MET, f"no {label} diagnosis recorded", ())
+
+
+@rule
+def relapsed_or_refractory(ctx: RuleContext, relapse_conditions: list[str], diagnosis: list[str]) -> Outcome:
+    sel = ctx.select("disease-status", label="disease status")
+    if sel.reading is not None:
+        value = sel.reading.coded
+        if value in ("relapsed", "refractory"):
+            return Outcome(MET, f"disease status {value} on {sel.reading.day}", sel.evidence)
+        return Outcome(NOT_MET, f"disease status is {value} on {sel.reading.day}", sel.evidence)
+    relapse = [f for f in _conditions(ctx, relapse_conditions, history=False) if f.confirmed]
+    relapse += [
+        f
+        for f in _conditions(ctx, diagnosis, history=False)
+        if f.confirmed and f.clinical_status in ("relapse", "recurrence")
+    ]
+    if relapse:
+        return Outcome(MET, f"relapse recorded: {_facts_text(relapse)}", tuple(f.ref for f in relapse))
+    return Outcome(UNKNOWN, f"relapsed/refractory status not recorded ({sel.problem})", sel.evidence)
+
+
+@rule
+def cd22_positive(ctx: RuleContext, min_percent: float | None = None) -> Outcome:
+    sel = ctx.select("cd22-positive-blasts-percent", label="CD22 on blasts")
+    r = sel.reading
+    if r is None:
+        return Outcome(UNKNOWN, str(sel.problem), sel.evidence)
+    if r.number is not None:
+        lo, incl = (min_percent, True) if min_percent is not None else (0.0, False)
+        verdict = _within(r.bounds, lo, None, incl, True)
+        need = _limits_text(lo, None, incl, True, "%")
+        text = f"CD22 on {r.text()} of blasts on {r.day} (required {need})"
+        if verdict is True:
+            return Outcome(MET, text, sel.evidence)
+        if verdict is False:
+            return Outcome(NOT_MET, text, sel.evidence)
+        return Outcome(UNKNOWN, text + ": the reported bound cannot tell", sel.evidence)
+    if r.coded == "negative":
+        return Outcome(NOT_MET, f"CD22 negative on {r.day}", sel.evidence)
+    if min_percent is not None:
+        return Outcome(
+            UNKNOWN,
+            f"CD22 reported positive on {r.day} without the percentage of blasts "
+            f"(required ≥ {min_percent:g}%)",
+            sel.evidence,
+        )
+    return Outcome(MET, f"CD22 positive on {r.day}", sel.evidence)
+
+
+def _given_before(ctx: RuleContext, concept: str) -> list[Exposure]:
+    return [
+        e for e in ctx.record.exposures.get(concept, ()) if e.start is None or e.start.earliest <= ctx.as_of
+    ]
+
+
+@rule
+def ph_positive_needs_tki(ctx: RuleContext) -> Outcome:
+    sel = ctx.select("philadelphia-status", label="Philadelphia chromosome status")
+    if sel.reading is None:
+        return Outcome(UNKNOWN, str(sel.problem), sel.evidence)
+    if sel.reading.coded == "negative":
+        return Outcome(
+            MET, f"Philadelphia chromosome negative ({sel.reading.day}); no TKI needed", sel.evidence
+        )
+    tkis = _given_before(ctx, "tki")
+    if tkis:
+        names = _facts_text(tkis)
+        return Outcome(
+            MET, f"Ph-positive with prior TKI therapy: {names}", sel.evidence + tuple(e.ref for e in tkis)
+        )
+    return Outcome(NOT_MET, "Ph-positive and no tyrosine kinase inhibitor recorded", sel.evidence)
+
+
+@rule
+def ph_negative(ctx: RuleContext) -> Outcome:
+    sel = ctx.select("philadelphia-status", label="Philadelphia chromosome status")
+    if sel.reading is None:
+        return Outcome(UNKNOWN, str(sel.problem), sel.evidence)
+    if sel.reading.coded == "negative":
+        return Outcome(MET, f"Philadelphia chromosome negative ({sel.reading.day})", sel.evidence)
+    return Outcome(NOT_MET, f"Philadelphia chromosome positive ({sel.reading.day})", sel.evidence)
+
+
+# -- measurements -------------------------------------------------------------------------------
+@rule
+def value_in_range(
+    ctx: RuleContext,
+    concept: str,
+    min: float | None = None,
+    max: float | None = None,
+    min_inclusive: bool = True,
+    max_inclusive: bool = True,
+    on_fail: str = "not-met",
+    max_age_days: int | None = None,
+    label: str | None = None,
+    unit_text: str = "",
+) -> Outcome:
+    label = label or _label(concept)
+    sel = ctx.select(concept, max_age_days, label)
+    r = sel.reading
+    if r is None:
+        return Outcome(UNKNOWN, str(sel.problem), sel.evidence)
+    if r.number is None:
+        return Outcome(UNKNOWN, f"{label} is coded ({r.coded}), a number is needed", sel.evidence)
+    need = _limits_text(min, max, min_inclusive, max_inclusive, unit_text)
+    text = f"{label} {r.text()} on {r.day} (required {need})"
+    verdict = _within(r.bounds, min, max, min_inclusive, max_inclusive)
+    if verdict is True:
+        return Outcome(MET, text, sel.evidence)
+    if verdict is False:
+        return Outcome(_status(on_fail), text, sel.evidence)
+    return Outcome(UNKNOWN, text + ": the reported bound cannot tell", sel.evidence)
+
+
+@rule
+def value_is(
+    ctx: RuleContext,
+    concept: str,
+    expected: list[str],
+    label: str | None = None,
+    on_fail: str = "not-met",
+    max_age_days: int | None = None,
+) -> Outcome:
+    label = label or _label(concept)
+    sel = ctx.select(concept, max_age_days, label)
+    if sel.reading is None:
+        return Outcome(UNKNOWN, str(sel.problem), sel.evidence)
+    value = sel.reading.coded
+    text = f"{label}: {value} on {sel.reading.day}"
+    return Outcome(MET if value in expected else _status(on_fail), text, sel.evidence)
+
+
+@rule
+def recorded(
+    ctx: RuleContext, concept: str, label: str | None = None, max_age_days: int | None = None
+) -> Outcome:
+    label = label or _label(concept)
+    sel = ctx.select(concept, max_age_days, label)
+    if sel.reading is None:
+        return Outcome(UNKNOWN, str(sel.problem), sel.evidence)
+    return Outcome(MET, f"{label} {sel.reading.text()} recorded on {sel.reading.day}", sel.evidence)
+
+
+def _ratio(
+    ctx: RuleContext, concept: str, max_ratio: float, max_age_days: int | None
+) -> tuple[Outcome, Reading | None]:
+    label = _label(concept)
+    sel = ctx.select(concept, max_age_days, label)
+    r = sel.reading
+    if r is None:
+        return Outcome(UNKNOWN, str(sel.problem), sel.evidence), None
+    if r.number is None or r.uln is None:
+        why = r.uln_problem or "no upper limit of normal (no referenceRange.high and no default)"
+        return Outcome(UNKNOWN, f"{label} {r.text()} on {r.day}: {why}", sel.evidence), None
+    lo, hi = r.bounds
+    ratio_bounds = (lo / r.uln, hi / r.uln)
+    uln_note = "" if r.uln_source == "referenceRange" else " default"
+    text = (
+        f"{label} {r.text()} on {r.day} = {r.number / r.uln:.2f}×ULN "
+        f"(ULN {r.uln:g}{uln_note}; limit ≤ {max_ratio:g}×ULN)"
+    )
+    verdict = _within(ratio_bounds, None, max_ratio, True, True)
+    if verdict is True:
+        return Outcome(MET, text, sel.evidence), r
+    if verdict is False:
+        return Outcome(NOT_MET, text, sel.evidence), r
+    return Outcome(UNKNOWN, text + ": the reported bound cannot tell", sel.evidence), r
+
+
+@rule
+def within_uln_multiple(
+    ctx: RuleContext,
+    concepts: list[str],
+    max_ratio: float,
+    on_fail: str = "not-met",
+    gilbert_exempt: bool = False,
+    tumour_max_ratio: float | None = None,
+    max_age_days: int | None = None,
+) -> Outcome:
+    """Each lab ≤ max_ratio × its ULN. Exceptions the sources allow become ``review``."""
+    outcomes = []
+    for concept in concepts:
+        outcome, reading = _ratio(ctx, concept, max_ratio, max_age_days)
+        if outcome.status is NOT_MET:
+            gilbert = _conditions(ctx, ["gilbert-syndrome"], history=True) if gilbert_exempt else []
+            assert reading is not None and reading.uln is not None
+            if gilbert:
+                outcome = Outcome(
+                    REVIEW,
+                    outcome.reason + f"; documented Gilbert's syndrome ({_facts_text(gilbert)}) "
+                    "exempts bilirubin: confirm the rise is due to it",
+                    outcome.evidence + tuple(f.ref for f in gilbert),
+                )
+            elif (
+                tumour_max_ratio is not None
+                and reading.number is not None
+                and reading.bounds[1] / reading.uln <= tumour_max_ratio
+            ):
+                outcome = Outcome(
+                    REVIEW,
+                    outcome.reason + f"; allowed up to {tumour_max_ratio:g}×ULN if due to "
+                    "leukaemia: confirm with the investigator",
+                    outcome.evidence,
+                )
+            else:
+                outcome = Outcome(_status(on_fail), outcome.reason, outcome.evidence)
+        outcomes.append(outcome)
+    return combine_all(outcomes, "within limits")
+
+
+def _cockcroft_gault(ctx: RuleContext, creatinine: Reading, max_age_days: int | None) -> Outcome | float:
+    rec = ctx.record
+    weight = ctx.select("body-weight", max_age_days, "body weight")
+    if weight.reading is None or weight.reading.number is None:
+        return Outcome(
+            UNKNOWN,
+            f"creatinine clearance not recorded and cannot be estimated: {weight.problem}",
+            weight.evidence,
+        )
+    if rec.birth_date is None or not rec.birth_date.precise:
+        return Outcome(
+            UNKNOWN, "creatinine clearance not recorded and cannot be estimated: birth date unknown", ()
+        )
+    if rec.gender not in ("male", "female"):
+        return Outcome(
+            UNKNOWN,
+            "creatinine clearance not recorded and cannot be estimated: sex not recorded as male or female",
+            (rec.ref,),
+        )
+    if creatinine.comparator is not None or creatinine.number is None:
+        return Outcome(
+            UNKNOWN, "creatinine reported as a bound; clearance cannot be estimated", (creatinine.ref,)
+        )
+    age = _age_years(rec.birth_date.earliest, ctx.as_of)
+    scr_mg_dl = creatinine.number / 88.4  # umol/L -> mg/dL
+    crcl = (140 - age) * weight.reading.number / (72 * scr_mg_dl)
+    return crcl * (0.85 if rec.gender == "female" else 1.0)
+
+
+@rule
+def renal_function(
+    ctx: RuleContext,
+    crcl_min: float,
+    crcl_inclusive: bool,
+    creatinine_max_uln: float | None = None,
+    on_fail: str = "not-met",
+    max_age_days: int | None = None,
+) -> Outcome:
+    """CrCl above a limit (measured, else Cockcroft–Gault from creatinine), or creatinine ≤ k×ULN."""
+    options: list[Outcome] = []
+    need = _limits_text(crcl_min, None, crcl_inclusive, True, " mL/min")
+    measured = ctx.select("creatinine-clearance", max_age_days, "creatinine clearance")
+    creat = ctx.select("creatinine", max_age_days, "creatinine")
+    if measured.reading is not None and measured.reading.number is not None:
+        r = measured.reading
+        verdict = _within(r.bounds, crcl_min, None, crcl_inclusive, True)
+        text = f"creatinine clearance {r.text()} on {r.day} (required {need})"
+        status = MET if verdict is True else NOT_MET if verdict is False else UNKNOWN
+        options.append(Outcome(status, text, measured.evidence))
+    elif creat.reading is not None:
+        est = _cockcroft_gault(ctx, creat.reading, max_age_days)
+        if isinstance(est, Outcome):
+            options.append(est)
+        else:
+            text = (
+                f"creatinine clearance {est:.0f} mL/min estimated by Cockcroft–Gault from creatinine "
+                f"{creat.reading.text()} on {creat.reading.day} (required {need})"
+            )
+            ok = est >= crcl_min if crcl_inclusive else est > crcl_min
+            options.append(Outcome(MET if ok else NOT_MET, text, creat.evidence))
+    else:
+        options.append(
+            Outcome(UNKNOWN, f"{measured.problem}; {creat.problem}", measured.evidence + creat.evidence)
+        )
+    if creatinine_max_uln is not None:
+        outcome, _ = _ratio(ctx, "creatinine", creatinine_max_uln, max_age_days)
+        options.append(outcome)
+    evidence = tuple(e for o in options for e in o.evidence)
+    met = [o for o in options if o.status is MET]
+    if met:
+        return Outcome(MET, "; ".join(o.reason for o in met), evidence)
+    if any(o.status is UNKNOWN for o in options):
+        return Outcome(UNKNOWN, "; ".join(o.reason for o in options), evidence)
+    return Outcome(_status(on_fail), "; ".join(o.reason for o in options), evidence)
+
+
+# -- history: conditions, procedures, medicines, allergies ------------------------------------
+@rule
+def condition_absent(
+    ctx: RuleContext,
+    concepts: list[str],
+    label: str,
+    history: bool = False,
+    on_present: str = "not-met",
+    only_severe_or_active: bool = False,
+    serology: str | None = None,
+    serology_required: bool = False,
+    serology_positive: str | None = None,
+) -> Outcome:
+    """No (active, or with ``history`` ever) condition; optionally a negative serology too."""
+    facts = _conditions(ctx, concepts, history)
+    evidence = tuple(f.ref for f in facts)
+    confirmed = [f for f in facts if f.confirmed]
+    if only_severe_or_active:
+        blocking = [f for f in confirmed if f.active or f.severity == "severe"]
+        if blocking:
+            return Outcome(
+                _status(on_present), f"severe or ongoing {label}: {_facts_text(blocking)}", evidence
+            )
+        if confirmed:
+            return Outcome(
+                REVIEW,
+                f"prior {label} not recorded as severe or ongoing: {_facts_text(confirmed)}; "
+                "confirm its severity",
+                evidence,
+            )
+    elif confirmed:
+        return Outcome(_status(on_present), f"{label} recorded: {_facts_text(confirmed)}", evidence)
+    if facts:
+        return Outcome(REVIEW, f"{label} recorded as unconfirmed: {_facts_text(facts)}", evidence)
+    if serology is not None:
+        sel = ctx.select(serology, label=f"{label} serology")
+        if sel.reading is not None:
+            if sel.reading.coded == "positive":
+                return Outcome(
+                    _status(serology_positive or on_present),
+                    f"{label} serology positive on {sel.reading.day}",
+                    sel.evidence,
+                )
+            return Outcome(MET, f"no {label} recorded; serology negative on {sel.reading.day}", sel.evidence)
+        if serology_required:
+            return Outcome(UNKNOWN, f"no {label} diagnosis recorded, but {sel.problem}", sel.evidence)
+    scope = "ever" if history else "active"
+    return Outcome(MET, f"no {label} recorded ({scope})", ())
+
+
+def _cutoff(as_of: date, days: int | None, months: int | None) -> date:
+    if months is not None:
+        return months_before(as_of, months)
+    return as_of - timedelta(days=days or 0)
+
+
+def _window_text(days: int | None, months: int | None) -> str:
+    return f"{months} months" if months is not None else f"{days} days"
+
+
+@rule
+def procedure_not_within(
+    ctx: RuleContext, concept: str, label: str, months: int | None = None, days: int | None = None
+) -> Outcome:
+    """No procedure on or after (as-of − window): the sources say "within ≤ 4 months"."""
+    cutoff = _cutoff(ctx.as_of, days, months)
+    facts = [
+        p for p in ctx.record.procedures.get(concept, ()) if p.when is None or p.when.earliest <= ctx.as_of
+    ]
+    window = _window_text(days, months)
+    undated = [p for p in facts if p.when is None]
+    recent = [p for p in facts if p.when is not None and p.when.earliest >= cutoff]
+    unclear = [p for p in facts if p.when is not None and p.when.earliest < cutoff <= p.when.latest]
+    if recent:
+        return Outcome(
+            NOT_MET,
+            f"{label} within {window} (on or after {cutoff}): "
+            + ", ".join(f"{p.ref} on {p.when}" for p in recent),
+            tuple(p.ref for p in recent),
+        )
+    if undated or unclear:
+        bad = undated + unclear
+        return Outcome(
+            UNKNOWN,
+            f"{label} recorded without a date precise enough to tell if it was within {window}: "
+            + ", ".join(p.ref for p in bad),
+            tuple(p.ref for p in bad),
+        )
+    if facts:
+        last = max(facts, key=lambda p: p.when.latest if p.when else date.min)
+        return Outcome(MET, f"last {label} on {last.when}, before {cutoff}", tuple(p.ref for p in facts))
+    return Outcome(MET, f"no {label} recorded", ())
+
+
+@rule
+def procedure_absent(ctx: RuleContext, concept: str, label: str, on_present: str = "review") -> Outcome:
+    facts = [
+        p for p in ctx.record.procedures.get(concept, ()) if p.when is None or p.when.earliest <= ctx.as_of
+    ]
+    if facts:
+        return Outcome(
+            _status(on_present),
+            f"prior {label}: " + ", ".join(f"{p.ref} ({p.when})" for p in facts),
+            tuple(p.ref for p in facts),
+        )
+    return Outcome(MET, f"no {label} recorded", ())
+
+
+def _exposure_end(e: Exposure, as_of: date) -> DateRange | None:
+    if e.ongoing:
+        return DateRange(as_of, as_of)
+    return e.end
+
+
+@rule
+def medication_not_within(
+    ctx: RuleContext,
+    concepts: list[str],
+    label: str,
+    days: int | None = None,
+    months: int | None = None,
+    except_intrathecal: bool = False,
+    on_recent: str = "not-met",
+) -> Outcome:
+    """No exposure ending on or after (as-of − window). Ongoing exposure counts as now."""
+    cutoff = _cutoff(ctx.as_of, days, months)
+    window = _window_text(days, months)
+    exposures = [
+        e for c in concepts for e in _given_before(ctx, c) if not (except_intrathecal and e.intrathecal)
+    ]
+    recent, unclear = [], []
+    for e in exposures:
+        end = _exposure_end(e, ctx.as_of)
+        if end is not None:
+            if end.latest >= cutoff and end.earliest >= cutoff:
+                recent.append(e)
+            elif end.latest >= cutoff:
+                unclear.append(e)
+        elif e.start is not None and e.start.earliest >= cutoff:
+            recent.append(e)
+        else:
+            unclear.append(e)
+    if recent:
+        return Outcome(
+            _status(on_recent),
+            f"{label} within {window} (on or after {cutoff}): {_facts_text(recent)}",
+            tuple(e.ref for e in recent),
+        )
+    if unclear:
+        started = ", ".join(
+            f"{e.display or e.concept} ({e.ref}, started {e.start or 'date not recorded'})" for e in unclear
+        )
+        return Outcome(
+            REVIEW,
+            f"{label} with no recorded end date: {started}; confirm it ended before {cutoff}",
+            tuple(e.ref for e in unclear),
+        )
+    return Outcome(MET, f"no {label} within {window}", tuple(e.ref for e in exposures))
+
+
+@rule
+def medication_not_current(
+    ctx: RuleContext, concepts: list[str], label: str, on_present: str = "review", advice: str = ""
+) -> Outcome:
+    current = [
+        e
+        for c in concepts
+        for e in _given_before(ctx, c)
+        if (end := _exposure_end(e, ctx.as_of)) is not None and end.latest >= ctx.as_of
+    ]
+    if current:
+        return Outcome(
+            _status(on_present),
+            f"current {label}: {_facts_text(current)}" + (f"; {advice}" if advice else ""),
+            tuple(e.ref for e in current),
+        )
+    return Outcome(MET, f"no current {label} recorded", ())
+
+
+@rule
+def allergy_absent(ctx: RuleContext, concept: str, label: str) -> Outcome:
+    facts = [a for a in ctx.record.allergies.get(concept, ()) if a.active]
+    if [a for a in facts if a.confirmed]:
+        return Outcome(NOT_MET, f"{label} recorded: {_facts_text(facts)}", tuple(a.ref for a in facts))
+    if facts:
+        return Outcome(
+            REVIEW, f"{label} recorded as unconfirmed: {_facts_text(facts)}", tuple(a.ref for a in facts)
+        )
+    return Outcome(MET, f"no {label} recorded", ())
+
+
+@rule
+def not_pregnant(ctx: RuleContext, on_positive: str = "not-met", max_age_days: int | None = None) -> Outcome:
+    """Latest pregnancy status or test. Required for female patients; not applicable to male ones."""
+    status = ctx.select("pregnancy-status", max_age_days, "pregnancy status")
+    test = ctx.select("pregnancy-test", max_age_days, "pregnancy test")
+    found = [s for s in (status, test) if s.reading is not None and s.reading.coded != "unknown"]
+    if found:
+        s = max(found, key=lambda x: x.reading.day if x.reading else date.min)
+        assert s.reading is not None
+        if s.reading.coded in ("pregnant", "positive"):
+            return Outcome(
+                _status(on_positive), f"pregnant ({s.reading.coded} on {s.reading.day})", s.evidence
+            )
+        return Outcome(MET, f"not pregnant ({s.reading.coded} on {s.reading.day})", s.evidence)
+    if ctx.record.gender == "male":
+        return Outcome(MET, "not applicable (male patient)", (ctx.record.ref,))
+    return Outcome(
+        UNKNOWN,
+        f"pregnancy status needed for a {ctx.record.gender or 'patient of unrecorded sex'}: "
+        f"{status.problem}; {test.problem}",
+        status.evidence + test.evidence + (ctx.record.ref,),
+    )
+
+
+@rule
+def input_integrity(ctx: RuleContext) -> Outcome:
+    rec = ctx.record
+    if rec.integrity_problems:
+        return Outcome(
+            UNKNOWN,
+            "some of this patient's resources cannot be used: " + "; ".join(rec.integrity_problems),
+            tuple(dict.fromkeys(rec.integrity_evidence)),
+        )
+    return Outcome(MET, "every resource for this patient could be read", ())

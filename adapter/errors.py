@@ -1,0 +1,42 @@
+"""The adapter's error types and the exit codes the CLI maps them to (once, in cli.py)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes. 0 means evaluated, whatever the clinical decision."""
+
+    OK = 0
+    USAGE = 1  # reserved for usage errors reported by click itself (click uses 2; see cli.py)
+    BAD_INPUT = 2  # unusable input: not JSON, not FHIR, unknown resourceType, no Patient ...
+    BAD_MAPPINGS = 3  # a --mappings file or a shipped table is malformed
+    INTERNAL = 70  # a bug: reported without a traceback unless --debug
+
+
+class AdapterError(Exception):
+    """A fatal, expected error with a one-line message for the user."""
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InputError(AdapterError):
+    """Input that cannot be used at all. The message names the file and the fault."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+    def __init__(self, source: str, fault: str) -> None:
+        super().__init__(f"{source}: {fault}")
+        self.source = source
+        self.fault = fault
+
+
+class MappingTableError(AdapterError):
+    """A mapping or protocol table that does not follow its documented format."""
+
+    exit_code = ExitCode.BAD_MAPPINGS

@@ -1,0 +1,1 @@
+"""Input edge: reading FHIR R4 JSON from files, directories and Bulk Data NDJSON."""

@@ -1,0 +1,100 @@
+"""Small readers for FHIR R4 datatypes in plain dicts. Defensive: bad shapes return None."""
+
+from __future__ import annotations
+
+import calendar
+import re
+from datetime import date
+from typing import Any
+
+from adapter.domain import DateRange
+
+_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?(?:T.*)?$")
+
+
+def date_range(value: Any) -> DateRange | None:
+    """A FHIR date/dateTime/instant as the range of days it may mean; None if unreadable.
+
+    A dateTime keeps the calendar day written in it (its own time-zone offset), which is the day
+    the clinician saw.
+    """
+    if not isinstance(value, str):
+        return None
+    m = _DATE.match(value)
+    if not m:
+        return None
+    try:
+        year = int(m.group(1))
+        if m.group(3):
+            d = date(year, int(m.group(2)), int(m.group(3)))
+            return DateRange(d, d)
+        if m.group(2):
+            month = int(m.group(2))
+            last = calendar.monthrange(year, month)[1]
+            return DateRange(date(year, month, 1), date(year, month, last))
+        return DateRange(date(year, 1, 1), date(year, 12, 31))
+    except ValueError:
+        return None
+
+
+def period_range(period: Any) -> tuple[DateRange | None, DateRange | None]:
+    if not isinstance(period, dict):
+        return None, None
+    return date_range(period.get("start")), date_range(period.get("end"))
+
+
+def codings(concept: Any) -> list[tuple[str, str]]:
+    """(system, code) pairs of a CodeableConcept; codings without both are skipped."""
+    out: list[tuple[str, str]] = []
+    if isinstance(concept, dict):
+        for c in concept.get("coding") or []:
+            if isinstance(c, dict):
+                system, code = c.get("system"), c.get("code")
+                if isinstance(system, str) and isinstance(code, str) and system and code:
+                    out.append((system, code.strip()))
+    return out
+
+
+def display(concept: Any) -> str:
+    if not isinstance(concept, dict):
+        return ""
+    text = concept.get("text")
+    if isinstance(text, str) and text:
+        return text
+    for c in concept.get("coding") or []:
+        if isinstance(c, dict):
+            d = c.get("display") or c.get("code")
+            if isinstance(d, str):
+                return d
+    return ""
+
+
+def status_code(concept: Any) -> str | None:
+    """The code of a status CodeableConcept (clinicalStatus, verificationStatus)."""
+    for _system, code in codings(concept):
+        return code
+    return None
+
+
+def reference(value: Any) -> str | None:
+    """A Reference's target as written: "Patient/1", an absolute URL, "urn:uuid:..." or "#id"."""
+    if isinstance(value, dict):
+        ref = value.get("reference")
+        if isinstance(ref, str) and ref:
+            return ref
+    return None
+
+
+def normalise_reference(ref: str) -> str:
+    """Relative form of an absolute RESTful reference, without _history; others unchanged."""
+    if ref.startswith(("http://", "https://")):
+        parts = [p for p in ref.split("/") if p]
+        if "_history" in parts:
+            parts = parts[: parts.index("_history")]
+        if len(parts) >= 2:
+            return f"{parts[-2]}/{parts[-1]}"
+    return ref
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -1,0 +1,557 @@
+"""Build one PatientRecord per Patient from parsed FHIR R4 resources (plain dicts).
+
+Everything here is pure: no files, no clock, no network. The shapes of the inputs are not
+trusted (fhir.resources validation is optional and happens at the edge), so every read is
+defensive; a value that cannot be used becomes an ``Unusable`` with its reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapter.domain import (
+    AllergyFact,
+    ConditionFact,
+    DateRange,
+    Exposure,
+    PatientRecord,
+    ProcedureFact,
+    Reading,
+    Unusable,
+)
+from adapter.input.reader import SourcedResource
+from adapter.mapping.fhir_values import (
+    codings,
+    date_range,
+    display,
+    is_number,
+    normalise_reference,
+    period_range,
+    reference,
+    status_code,
+)
+from adapter.mapping.tables import Concept, Tables
+from adapter.mapping.units import UCUM_SYSTEM, UnitError, conversion_factor, is_valid_ucum
+
+OBS_USABLE = frozenset({"final", "amended", "corrected", "preliminary", "registered"})
+OBS_IGNORED = frozenset({"entered-in-error", "cancelled"})
+COND_ACTIVE = frozenset({"active", "recurrence", "relapse"})
+COND_INACTIVE = frozenset({"inactive", "remission", "resolved"})
+VERIFICATION_IGNORED = frozenset({"refuted", "entered-in-error"})
+VERIFICATION_UNCONFIRMED = frozenset({"unconfirmed", "provisional", "differential"})
+# Medication statuses that mean the drug was (or is being) given; the others mean it was not.
+MED_GIVEN = {
+    "MedicationRequest": frozenset({"active", "on-hold", "completed", "stopped"}),
+    "MedicationStatement": frozenset({"active", "on-hold", "completed", "stopped"}),
+    "MedicationAdministration": frozenset({"in-progress", "on-hold", "completed", "stopped"}),
+}
+MED_ONGOING = frozenset({"active", "on-hold", "in-progress"})
+PROC_DONE = frozenset({"completed", "in-progress", "stopped"})
+SUBJECT_FIELD = {
+    "Observation": "subject",
+    "Condition": "subject",
+    "MedicationRequest": "subject",
+    "MedicationStatement": "subject",
+    "MedicationAdministration": "subject",
+    "Procedure": "subject",
+    "AllergyIntolerance": "patient",
+}
+
+
+@dataclass(slots=True)
+class RecordSet:
+    records: list[PatientRecord] = field(default_factory=list)
+    #: Resources that could not be attributed to a Patient in the input, with the reason.
+    orphans: list[str] = field(default_factory=list)
+
+
+def resource_ref(item: SourcedResource) -> str:
+    r = item.resource
+    rid = r.get("id")
+    if isinstance(rid, str) and rid:
+        return f"{r.get('resourceType')}/{rid}"
+    return item.full_url or f"{r.get('resourceType')}@{item.origin}"
+
+
+def build_records(
+    resources: Iterable[SourcedResource],
+    tables: Tables,
+    invalid: Mapping[str, str] | None = None,
+) -> RecordSet:
+    """Group resources by Patient and map them. ``invalid`` maps origins to validation errors."""
+    invalid = invalid or {}
+    out = RecordSet()
+    items = _deduplicate(list(resources))
+    patients: dict[str, PatientRecord] = {}
+    medications: dict[str, dict[str, Any]] = {}
+    conflicts: dict[str, str] = {}
+    for item, conflict in items:
+        r = item.resource
+        rtype = r.get("resourceType")
+        ref = resource_ref(item)
+        if conflict:
+            conflicts[item.origin] = conflict
+        if rtype == "Patient":
+            record = patients.get(ref)
+            if record is None:
+                record = _patient(r, ref)
+                patients[ref] = record
+                out.records.append(record)
+            if item.full_url:
+                patients.setdefault(item.full_url, record)
+        elif rtype == "Medication":
+            medications[ref] = r
+            if item.full_url:
+                medications[item.full_url] = r
+    mapper = _Mapper(tables, medications)
+    for item, _ in items:
+        r = item.resource
+        rtype = r.get("resourceType")
+        if rtype in ("Patient", "Medication"):
+            if item.origin in invalid or item.origin in conflicts:
+                record = patients.get(resource_ref(item)) if rtype == "Patient" else None
+                problem = invalid.get(item.origin) or conflicts[item.origin]
+                if record is not None:
+                    record.integrity_problems.append(f"{resource_ref(item)}: {problem}")
+                    record.integrity_evidence.append(resource_ref(item))
+            continue
+        subject = reference(r.get(SUBJECT_FIELD.get(str(rtype), "subject")))
+        record = patients.get(normalise_reference(subject)) if subject else None
+        ref = resource_ref(item)
+        if record is None:
+            why = f"its patient {subject!r} is not in the input" if subject else "it has no patient reference"
+            out.orphans.append(f"{ref} ({item.origin}) ignored: {why}")
+            continue
+        fault = invalid.get(item.origin) or conflicts.get(item.origin)
+        if fault:
+            record.integrity_problems.append(f"{ref}: {fault}")
+            record.integrity_evidence.append(ref)
+            continue
+        mapper.map(record, rtype, r, ref)
+    for record in out.records:
+        for readings in record.readings.values():
+            readings.sort(key=lambda x: x.day, reverse=True)
+    return out
+
+
+def _deduplicate(items: list[SourcedResource]) -> list[tuple[SourcedResource, str | None]]:
+    """Drop exact duplicates (same type/id, same content); flag different content under one id."""
+    seen: dict[str, SourcedResource] = {}
+    out: list[tuple[SourcedResource, str | None]] = []
+    for item in items:
+        rid = item.resource.get("id")
+        if not isinstance(rid, str) or not rid:
+            out.append((item, None))
+            continue
+        key = f"{item.resource.get('resourceType')}/{rid}"
+        first = seen.get(key)
+        if first is None:
+            seen[key] = item
+            out.append((item, None))
+        elif _same(first.resource, item.resource):
+            continue
+        else:
+            out.append(
+                (item, f"conflicting duplicate of {key} (also in {first.origin}); neither version is used")
+            )
+            # mark the first one as conflicting too
+            for i, (prev, _) in enumerate(out):
+                if prev is first:
+                    out[i] = (
+                        prev,
+                        f"conflicting duplicate of {key} (also in {item.origin}); neither version is used",
+                    )
+    return out
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    strip = ("meta",)
+    return {k: v for k, v in a.items() if k not in strip} == {k: v for k, v in b.items() if k not in strip}
+
+
+def _patient(r: dict[str, Any], ref: str) -> PatientRecord:
+    record = PatientRecord(ref=ref)
+    birth = r.get("birthDate")
+    if birth is None:
+        record.birth_problem = "Patient.birthDate is not recorded"
+    else:
+        record.birth_date = date_range(birth)
+        if record.birth_date is None:
+            record.birth_problem = f"Patient.birthDate {birth!r} is not a valid date"
+    gender = r.get("gender")
+    record.gender = gender if isinstance(gender, str) else None
+    return record
+
+
+class _Mapper:
+    def __init__(self, tables: Tables, medications: dict[str, dict[str, Any]]) -> None:
+        self.t = tables
+        self.medications = medications
+
+    def map(self, record: PatientRecord, rtype: Any, r: dict[str, Any], ref: str) -> None:
+        if rtype == "Observation":
+            self.observation(record, r, ref)
+        elif rtype == "Condition":
+            self.condition(record, r, ref)
+        elif rtype in MED_GIVEN:
+            self.medication(record, str(rtype), r, ref)
+        elif rtype == "Procedure":
+            self.procedure(record, r, ref)
+        elif rtype == "AllergyIntolerance":
+            self.allergy(record, r, ref)
+
+    # -- Observation ---------------------------------------------------------------------
+    def observation(self, record: PatientRecord, r: dict[str, Any], ref: str) -> None:
+        status = r.get("status")
+        if status in OBS_IGNORED:
+            return
+        parts: list[tuple[dict[str, Any], str]] = [(r, ref)]
+        for i, comp in enumerate(r.get("component") or []):
+            if isinstance(comp, dict):
+                parts.append((comp, f"{ref}#component[{i}]"))
+        when = date_range(r.get("effectiveDateTime") or r.get("effectiveInstant"))
+        if when is None:
+            when = period_range(r.get("effectivePeriod"))[0]
+        for part, _part_ref in parts:
+            names = self.t.concepts_for(codings(part.get("code")), "observation")
+            if not names:
+                continue
+            if len(names) > 1:
+                for name in names:
+                    why = f"its code maps to several protocol concepts ({', '.join(sorted(names))})"
+                    self._unusable(record, name, ref, when, why)
+                continue
+            concept = self.t.concepts[next(iter(names))]
+            if status not in OBS_USABLE:
+                self._unusable(record, concept.name, ref, when, f"status {status!r} is not a result status")
+                continue
+            if when is None:
+                self._unusable(record, concept.name, ref, None, "no effective date")
+                continue
+            if not when.precise:
+                self._unusable(
+                    record, concept.name, ref, None, f"effective date {when} is not precise to the day"
+                )
+                continue
+            result = self._value(concept, part, r)
+            if isinstance(result, str):
+                self._unusable(record, concept.name, ref, when.latest, result)
+                continue
+            reading = Reading(concept=concept.name, ref=ref, day=when.latest, status=str(status), **result)
+            record.readings.setdefault(concept.name, []).append(reading)
+
+    def _unusable(self, record: PatientRecord, concept: str, ref: str, when: Any, reason: str) -> None:
+        day = when.latest if isinstance(when, DateRange) else when
+        record.unusable.setdefault(concept, []).append(Unusable(concept, ref, day, reason))
+
+    def _value(self, concept: Concept, part: dict[str, Any], whole: dict[str, Any]) -> dict[str, Any] | str:
+        """Keyword arguments for Reading, or the reason the value is unusable."""
+        absent = part.get("dataAbsentReason")
+        if absent is not None and not any(k.startswith("value") for k in part):
+            return f"no value (dataAbsentReason: {display(absent) or 'given'})"
+        kind = concept.value
+        if kind in ("quantity", "quantity-or-coded") and "valueQuantity" in part:
+            return self._quantity(concept, part, whole)
+        if kind == "integer":
+            return self._integer(concept, part)
+        if kind in ("coded", "quantity-or-coded"):
+            return self._coded(concept, part, whole)
+        present = [k for k in part if k.startswith("value")]
+        return f"expected a quantity, found {present[0] if present else 'no value'}"
+
+    def _resolve_unit(self, q: dict[str, Any]) -> str | None:
+        code, system, unit = q.get("code"), q.get("system"), q.get("unit")
+        if system == UCUM_SYSTEM and isinstance(code, str) and code:
+            return self.t.unit_equivalent.get(code, code)
+        for candidate in (code, unit):
+            if isinstance(candidate, str) and candidate:
+                if candidate in self.t.unit_aliases:
+                    return self.t.unit_aliases[candidate]
+                if candidate in self.t.unit_equivalent:
+                    return self.t.unit_equivalent[candidate]
+        if isinstance(unit, str) and unit and is_valid_ucum(unit):
+            return unit
+        return None
+
+    def _convert(self, value: float, q: dict[str, Any], concept: Concept) -> float | str:
+        unit = self._resolve_unit(q)
+        target = concept.unit or "1"
+        if unit is None:
+            shown = q.get("unit") or q.get("code")
+            return f"unknown unit {shown!r}" if shown else "no unit"
+        try:
+            factor = conversion_factor(unit, target, self.t.molar_mass.get(concept.name))
+        except UnitError as exc:
+            return f"unit {unit!r} cannot be converted to {target!r} ({exc})"
+        return value * factor
+
+    def _plausible(self, concept: str, value: float) -> str | None:
+        limits = self.t.plausible.get(concept)
+        if not limits:
+            return None
+        if "min" in limits and value < limits["min"]:
+            return f"implausible value {value:g} (below {limits['min']:g})"
+        if "min_exclusive" in limits and value <= limits["min_exclusive"]:
+            return f"implausible value {value:g} (must be above {limits['min_exclusive']:g})"
+        if "max" in limits and value > limits["max"]:
+            return f"implausible value {value:g} (above {limits['max']:g})"
+        return None
+
+    def _quantity(
+        self, concept: Concept, part: dict[str, Any], whole: dict[str, Any]
+    ) -> dict[str, Any] | str:
+        q = part.get("valueQuantity")
+        if not isinstance(q, dict) or not is_number(q.get("value")):
+            return "valueQuantity has no numeric value"
+        comparator = q.get("comparator")
+        if comparator is not None and comparator not in ("<", "<=", ">=", ">"):
+            return f"unknown comparator {comparator!r}"
+        converted = self._convert(float(q["value"]), q, concept)
+        if isinstance(converted, str):
+            return converted
+        problem = self._plausible(concept.name, converted)
+        if problem:
+            return f"{problem} {concept.unit}"
+        out: dict[str, Any] = {"number": converted, "comparator": comparator, "unit": concept.unit}
+        out.update(self._uln(concept, part if part is not whole else whole))
+        return out
+
+    def _uln(self, concept: Concept, part: dict[str, Any]) -> dict[str, Any]:
+        highs: list[float] = []
+        problem: str | None = None
+        for rr in part.get("referenceRange") or []:
+            if not isinstance(rr, dict) or not isinstance(rr.get("high"), dict):
+                continue
+            rtype = codings(rr.get("type"))
+            if rtype and not any(code == "normal" for _s, code in rtype):
+                continue
+            high = rr["high"]
+            if not is_number(high.get("value")):
+                problem = "referenceRange.high has no number"
+                continue
+            converted = self._convert(float(high["value"]), high, concept)
+            if isinstance(converted, str):
+                problem = f"referenceRange.high: {converted}"
+                continue
+            if converted <= 0:
+                problem = f"referenceRange.high {converted:g} is not positive"
+                continue
+            highs.append(converted)
+        if highs and max(highs) - min(highs) <= 1e-9 * max(highs):
+            return {"uln": highs[0], "uln_source": "referenceRange"}
+        if len(highs) > 1:
+            problem = "several reference ranges with different upper limits"
+        default = self.t.default_uln.get(concept.name)
+        if problem is None and default is not None:
+            return {"uln": default, "uln_source": "default"}
+        return {"uln": None, "uln_source": None, "uln_problem": problem}
+
+    def _integer(self, concept: Concept, part: dict[str, Any]) -> dict[str, Any] | str:
+        value: Any = None
+        if "valueInteger" in part:
+            value = part["valueInteger"]
+        elif isinstance(part.get("valueQuantity"), dict):
+            q = part["valueQuantity"]
+            unit = q.get("code") or q.get("unit")
+            if unit not in (None, "1", "{score}", "{#}", "{count}"):
+                return f"unexpected unit {unit!r} for a count or score"
+            value = q.get("value")
+        elif concept.value_set and "valueCodeableConcept" in part:
+            coded = self._coded(concept, part, part)
+            if isinstance(coded, str):
+                return coded
+            value = coded["coded"]
+            try:
+                value = int(value)
+            except ValueError:
+                return f"coded value {value!r} is not a number"
+        else:
+            present = [k for k in part if k.startswith("value")]
+            return f"expected an integer, found {present[0] if present else 'no value'}"
+        if not is_number(value) or float(value) != int(value):
+            return f"value {value!r} is not a whole number"
+        problem = self._plausible(concept.name, float(value))
+        if problem:
+            return problem
+        return {"number": float(value), "unit": None}
+
+    def _coded(self, concept: Concept, part: dict[str, Any], whole: dict[str, Any]) -> dict[str, Any] | str:
+        vs = concept.value_set or ""
+        if "valueCodeableConcept" in part:
+            cc = part["valueCodeableConcept"]
+            found = self.t.values_for(vs, codings(cc))
+            if not found:
+                shown = ", ".join(f"{s}|{c}" for s, c in codings(cc)) or display(cc) or "no coding"
+                return f"coded value ({shown}) is not in value set {vs!r}"
+        elif isinstance(part.get("valueBoolean"), bool) and vs in ("yes-no", "positive-negative"):
+            truth = part["valueBoolean"]
+            found = {("yes" if truth else "no") if vs == "yes-no" else ("positive" if truth else "negative")}
+        elif not any(k.startswith("value") for k in part) and part.get("interpretation"):
+            found = set()
+            for interp in part.get("interpretation") or []:
+                found |= self.t.values_for(vs, codings(interp))
+            if not found:
+                return f"no value, and the interpretation is not in value set {vs!r}"
+        else:
+            present = [k for k in part if k.startswith("value")]
+            return f"expected a coded value, found {present[0] if present else 'no value'}"
+        if len(found) > 1:
+            return f"coded value is ambiguous ({', '.join(sorted(found))})"
+        return {"coded": next(iter(found))}
+
+    # -- Condition -----------------------------------------------------------------------
+    def condition(self, record: PatientRecord, r: dict[str, Any], ref: str) -> None:
+        verification = status_code(r.get("verificationStatus"))
+        if verification in VERIFICATION_IGNORED:
+            return
+        names = self.t.concepts_for(codings(r.get("code")), "condition")
+        if not names:
+            return
+        clinical = status_code(r.get("clinicalStatus"))
+        has_abatement = any(k.startswith("abatement") for k in r)
+        active = clinical in COND_ACTIVE or (clinical is None and not has_abatement)
+        onset = date_range(r.get("onsetDateTime")) or period_range(r.get("onsetPeriod"))[0]
+        abatement = date_range(r.get("abatementDateTime")) or period_range(r.get("abatementPeriod"))[1]
+        severities = self.t.values_for("severity", codings(r.get("severity")))
+        for name in names:
+            fact = ConditionFact(
+                concept=name,
+                ref=ref,
+                active=active,
+                clinical_status=clinical,
+                confirmed=verification not in VERIFICATION_UNCONFIRMED,
+                onset=onset,
+                abatement=abatement,
+                severity=next(iter(severities)) if len(severities) == 1 else None,
+                display=display(r.get("code")),
+            )
+            record.conditions.setdefault(name, []).append(fact)
+
+    # -- Medications ---------------------------------------------------------------------
+    def _medication_codings(
+        self, r: dict[str, Any], ref: str
+    ) -> tuple[list[tuple[str, str]], str, str | None]:
+        """Codings of the drug, its display, and a problem if the drug cannot be identified."""
+        if "medicationCodeableConcept" in r:
+            cc = r["medicationCodeableConcept"]
+            found = codings(cc)
+            if not found:
+                return [], display(cc), f"{ref}: the medication is not coded ({display(cc) or 'no text'})"
+            return found, display(cc), None
+        target = reference(r.get("medicationReference"))
+        if target is None:
+            return [], "", f"{ref}: no medication given"
+        med: Any = None
+        if target.startswith("#"):
+            for c in r.get("contained") or []:
+                if isinstance(c, dict) and c.get("id") == target[1:]:
+                    med = c
+        else:
+            med = self.medications.get(normalise_reference(target)) or self.medications.get(target)
+        if not isinstance(med, dict):
+            return [], "", f"{ref}: medication {target} is not in the input, so the drug is unknown"
+        found = codings(med.get("code"))
+        for ing in med.get("ingredient") or []:
+            if isinstance(ing, dict):
+                found += codings(ing.get("itemCodeableConcept"))
+        if not found:
+            return [], display(med.get("code")), f"{ref}: medication {target} is not coded"
+        return found, display(med.get("code")), None
+
+    def medication(self, record: PatientRecord, rtype: str, r: dict[str, Any], ref: str) -> None:
+        status = r.get("status")
+        if status not in MED_GIVEN[rtype]:
+            return
+        found, shown, problem = self._medication_codings(r, ref)
+        if problem:
+            record.integrity_problems.append(problem)
+            record.integrity_evidence.append(ref)
+            return
+        names = self.t.concepts_for(found, "medication")
+        if not names:
+            return
+        start, end = self._exposure_dates(rtype, r)
+        ongoing = status in MED_ONGOING
+        intrathecal = self._intrathecal(rtype, r)
+        for name in names:
+            record.exposures.setdefault(name, []).append(
+                Exposure(name, ref, str(status), start, end, ongoing, intrathecal, shown)
+            )
+
+    def _exposure_dates(self, rtype: str, r: dict[str, Any]) -> tuple[DateRange | None, DateRange | None]:
+        if rtype in ("MedicationAdministration", "MedicationStatement"):
+            point = date_range(r.get("effectiveDateTime"))
+            if point is not None:
+                return point, point
+            return period_range(r.get("effectivePeriod"))
+        # MedicationRequest: the order's bounds, else when it was written (start only)
+        start = date_range(r.get("authoredOn"))
+        end = None
+        for dosage in r.get("dosageInstruction") or []:
+            if not isinstance(dosage, dict):
+                continue
+            repeat = (
+                (dosage.get("timing") or {}).get("repeat") if isinstance(dosage.get("timing"), dict) else None
+            )
+            if isinstance(repeat, dict):
+                b_start, b_end = period_range(repeat.get("boundsPeriod"))
+                start = start or b_start
+                if b_end and (end is None or b_end.latest > end.latest):
+                    end = b_end
+        if end is None:
+            dispense = r.get("dispenseRequest")
+            if isinstance(dispense, dict):
+                end = period_range(dispense.get("validityPeriod"))[1]
+        return start, end
+
+    def _intrathecal(self, rtype: str, r: dict[str, Any]) -> bool:
+        routes: list[Any] = []
+        if rtype == "MedicationAdministration":
+            dosage = r.get("dosage")
+            if isinstance(dosage, dict):
+                routes.append(dosage.get("route"))
+        else:
+            key = "dosageInstruction" if rtype == "MedicationRequest" else "dosage"
+            for dosage in r.get(key) or []:
+                if isinstance(dosage, dict):
+                    routes.append(dosage.get("route"))
+        return any("intrathecal" in self.t.values_for("route", codings(route)) for route in routes)
+
+    # -- Procedure -----------------------------------------------------------------------
+    def procedure(self, record: PatientRecord, r: dict[str, Any], ref: str) -> None:
+        status = r.get("status")
+        if status not in PROC_DONE:
+            return
+        names = self.t.concepts_for(codings(r.get("code")), "procedure")
+        if not names:
+            return
+        start, end = period_range(r.get("performedPeriod"))
+        when = date_range(r.get("performedDateTime")) or end or start
+        for name in names:
+            record.procedures.setdefault(name, []).append(
+                ProcedureFact(name, ref, str(status), when, display(r.get("code")))
+            )
+
+    # -- AllergyIntolerance ----------------------------------------------------------------
+    def allergy(self, record: PatientRecord, r: dict[str, Any], ref: str) -> None:
+        verification = status_code(r.get("verificationStatus"))
+        if verification in VERIFICATION_IGNORED:
+            return
+        found = codings(r.get("code"))
+        for reaction in r.get("reaction") or []:
+            if isinstance(reaction, dict):
+                found += codings(reaction.get("substance"))
+        names = self.t.concepts_for(found, "allergy")
+        clinical = status_code(r.get("clinicalStatus"))
+        for name in names:
+            record.allergies.setdefault(name, []).append(
+                AllergyFact(
+                    name,
+                    ref,
+                    active=clinical not in ("inactive", "resolved"),
+                    confirmed=verification not in VERIFICATION_UNCONFIRMED,
+                    display=display(r.get("code")),
+                )
+            )

@@ -1,0 +1,84 @@
+"""Protocol variants as data: one YAML file per variant, loaded once.
+
+Each file names its source document in ../shared/sources and lists its criteria in order:
+``id``, ``title``, ``rule`` (a function in adapter.eligibility.rules), ``params`` and ``source``
+("<file> §<section>"). ``windows`` gives freshness limits (days) per concept; ``attestations``
+lists what no data can show and a clinician must confirm.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from adapter.errors import MappingTableError
+
+PROTOCOLS_DIR = Path(__file__).resolve().parent
+VARIANTS = ("fda-label", "nhs-ta514", "es-valtermed", "mdacc-low-dose")
+
+
+@dataclass(frozen=True, slots=True)
+class CriterionSpec:
+    id: str
+    title: str
+    rule: str
+    params: dict[str, Any]
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    name: str
+    title: str
+    source_file: str
+    version: str
+    accept_preliminary: bool
+    windows: dict[str, int]
+    criteria: tuple[CriterionSpec, ...]
+    attestations: tuple[str, ...]
+
+
+@functools.cache
+def load_variant(name: str) -> Variant:
+    from adapter.eligibility.rules import RULES
+
+    if name not in VARIANTS:
+        raise MappingTableError(f"unknown protocol variant {name!r} (known: {', '.join(VARIANTS)})")
+    path = PROTOCOLS_DIR / f"{name}.yaml"
+    doc = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    criteria = []
+    seen: set[str] = set()
+    for raw in doc["criteria"]:
+        spec = CriterionSpec(
+            raw["id"], raw["title"], raw["rule"], dict(raw.get("params") or {}), raw["source"]
+        )
+        if spec.id in seen:
+            raise MappingTableError(f"{path}: duplicate criterion id {spec.id}")
+        seen.add(spec.id)
+        fn = RULES.get(spec.rule)
+        if fn is None:
+            raise MappingTableError(f"{path}: criterion {spec.id}: unknown rule {spec.rule}")
+        try:
+            inspect.signature(fn).bind(None, **spec.params)
+        except TypeError as exc:
+            raise MappingTableError(
+                f"{path}: criterion {spec.id}: bad params for {spec.rule}: {exc}"
+            ) from None
+        if not spec.source.startswith(doc["source_file"]) and not spec.source.startswith("docs/"):
+            raise MappingTableError(f"{path}: criterion {spec.id}: source must cite {doc['source_file']}")
+        criteria.append(spec)
+    return Variant(
+        name=doc["name"],
+        title=doc["title"],
+        source_file=doc["source_file"],
+        version=str(doc["version"]),
+        accept_preliminary=bool(doc.get("accept_preliminary", False)),
+        windows={str(k): int(v) for k, v in (doc.get("windows") or {}).items()},
+        criteria=tuple(criteria),
+        attestations=tuple(str(a) for a in doc.get("attestations") or ()),
+    )

@@ -1,0 +1,121 @@
+"""ino-adapter: the command line. A thin layer: each command calls one library function and
+turns the library's errors into one-line messages and exit codes (adapter.errors.ExitCode).
+
+Imports of the library happen inside the commands so that ``ino-adapter --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from datetime import date
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+VARIANTS = ("fda-label", "nhs-ta514", "es-valtermed", "mdacc-low-dose")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"ino-adapter: error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Map AdapterError to its exit code and any other exception to 70, without a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from adapter.errors import AdapterError, ExitCode
+
+        try:
+            return fn(*args, **kwargs)
+        except AdapterError as exc:
+            _fail(exc.message, int(exc.exit_code))
+        except Exception as exc:
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            _fail(
+                f"internal error ({type(exc).__name__}); rerun with --debug for details",
+                int(ExitCode.INTERNAL),
+            )
+        return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _parse_date(_ctx: click.Context, _param: click.Parameter, value: str | None) -> date:
+    if value is None:
+        return date.today()
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ino-adapter")
+@click.option("--debug", is_flag=True, help="Show tracebacks for internal errors.")
+def main(debug: bool) -> None:
+    """FHIR R4 adapter for the inotuzumab ozogamicin (Besponsa) protocol in relapsed or
+    refractory CD22-positive B-cell precursor ALL."""
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=True, readable=True))
+@click.option(
+    "--protocol", "-p", type=click.Choice(VARIANTS), required=True, help="Protocol variant to apply."
+)
+@click.option("--as-of", callback=_parse_date, metavar="YYYY-MM-DD", help="Evaluation date (default: today).")
+@click.option(
+    "--mappings",
+    "mappings",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Site mapping table merged over the shipped tables (repeatable).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "ndjson", "text"]),
+    default="json",
+    show_default=True,
+    help="json: one object (an array for several patients); ndjson: one line per patient; text: readable.",
+)
+@click.option(
+    "--no-validate", is_flag=True, help="Skip fhir.resources R4B validation (faster; for trusted input)."
+)
+@handle_errors
+def evaluate(
+    input_path: str, protocol: str, as_of: date, mappings: tuple[str, ...], fmt: str, no_validate: bool
+) -> None:
+    """Evaluate eligibility for every patient in INPUT.
+
+    INPUT is a FHIR R4 JSON file (Bundle or resource), a Bulk Data NDJSON file, or a directory of
+    them. Exit status 0 means evaluated, whatever the decision; 2 means unusable input.
+    """
+    import orjson
+
+    from adapter.api import evaluate_path
+    from adapter.render_text import render_text
+
+    run = evaluate_path(input_path, protocol, as_of, mappings, validate=not no_validate)
+    if fmt == "ndjson":
+        for result in run.results:
+            sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
+    elif fmt == "json":
+        payload: Any = run.results[0] if len(run.results) == 1 else run.results
+        sys.stdout.buffer.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        click.echo(render_text(run.results))
+    if run.ignored:
+        counts = ", ".join(f"{n} {t}" for t, n in sorted(run.ignored.items()))
+        click.echo(f"ino-adapter: ignored resources the protocol does not use: {counts}", err=True)
+    for orphan in run.orphans:
+        click.echo(f"ino-adapter: warning: {orphan}", err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install the adapter (in .venv) and run the main job on the bundled examples/ (no server needed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
+for protocol in fda-label nhs-ta514 es-valtermed mdacc-low-dose; do
+  echo "=================== $protocol ==================="
+  .venv/bin/ino-adapter evaluate examples/ --protocol "$protocol" --as-of 2026-11-21 --format text
+done
