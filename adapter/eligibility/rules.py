@@ -289,7 +289,7 @@ def _ratio(
     uln_note = "" if r.uln_source == "referenceRange" else " default"
     text = (
         f"{label} {r.text()} on {r.day} = {r.number / r.uln:.2f}×ULN "
-        f"(ULN {r.uln:g}{uln_note}; limit ≤ {max_ratio:g}×ULN)"
+        f"(ULN {r.uln:.4g}{uln_note}; limit ≤ {max_ratio:g}×ULN)"
     )
     verdict = _within(ratio_bounds, None, max_ratio, True, True)
     if verdict is True:

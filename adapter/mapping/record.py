@@ -285,7 +285,8 @@ class _Mapper:
             factor = conversion_factor(unit, target, self.t.molar_mass.get(concept.name))
         except UnitError as exc:
             return f"unit {unit!r} cannot be converted to {target!r} ({exc})"
-        return value * factor
+        # 12 significant digits: 10000 /mm3 is 10 x10*9/L exactly, not 10.000000000000002
+        return float(f"{value * factor:.12g}")
 
     def _plausible(self, concept: str, value: float) -> str | None:
         limits = self.t.plausible.get(concept)

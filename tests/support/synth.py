@@ -170,7 +170,8 @@ class PatientBuilder:
         system: str = INO,
         code: str | None = None,
     ) -> dict[str, Any]:
-        obs = self.fact(concept, value, days_ago, system, code)
+        obs = self.fact(concept, "placeholder", days_ago, system, code)
+        del obs["valueCodeableConcept"]
         obs["valueQuantity"] = {"value": value, "unit": unit, "system": UCUM, "code": unit}
         return obs
 
@@ -296,7 +297,9 @@ class PatientBuilder:
         return {"resourceType": "Bundle", "type": btype, "entry": entries}
 
 
-def full_workup(b: PatientBuilder, *, female_not_pregnant: bool = True) -> PatientBuilder:
+def full_workup(
+    b: PatientBuilder, *, female_not_pregnant: bool = True, ph: str = "negative"
+) -> PatientBuilder:
     """A complete, fresh pre-treatment work-up that meets every variant's criteria (Ph-negative).
 
     Labs are 1-2 days old, so they satisfy the UK 7-day window and the 14-day windows.
@@ -304,7 +307,7 @@ def full_workup(b: PatientBuilder, *, female_not_pregnant: bool = True) -> Patie
     b.condition(ICD10, "C91.0", "Acute lymphoblastic leukaemia", onset_days_ago=420, clinical="relapse")
     b.fact("disease-status", "relapsed", days_ago=6)
     b.fact("cd22-positive-blasts-percent", 86.0, days_ago=6)
-    b.fact("philadelphia-status", "negative", days_ago=30)
+    b.fact("philadelphia-status", ph, days_ago=30)
     b.fact("hsct-candidate", "yes", days_ago=3)
     b.fact("prior-induction-lines", 1, days_ago=3)
     b.fact("ecog", 1, days_ago=2, system=LOINC, code="89247-1")
