@@ -460,7 +460,8 @@ def condition_absent(
                     sel.evidence,
                 )
             return Outcome(MET, f"no {label} recorded; serology negative on {sel.reading.day}", sel.evidence)
-        if serology_required:
+        if serology_required or sel.evidence:
+            # required, or recorded but unusable (it might be positive): never read as negative
             return Outcome(UNKNOWN, f"no {label} diagnosis recorded, but {sel.problem}", sel.evidence)
     scope = "ever" if history else "active"
     return Outcome(MET, f"no {label} recorded ({scope})", ())
