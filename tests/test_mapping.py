@@ -352,3 +352,15 @@ def test_default_codes_from_the_issue_map() -> None:
     for code in ("L01EA01", "L01EA02", "L01EA03", "L01EA04", "L01EA05"):
         assert t.concepts_for([(atc, code)], "medication") >= {"tki"}
     assert "anti-cd22" not in t.concepts_for([(atc, "L01FB01")], "medication")
+
+
+def test_serology_from_hl7_interpretation_code_when_there_is_no_value() -> None:
+    b = eligible_patient()
+    b.resources[:] = [r for r in b.resources if "hbv-serology" not in str(r.get("code"))]
+    obs = b.fact("hbv-serology", "x", days_ago=5)
+    del obs["valueCodeableConcept"]
+    interp = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+    obs["interpretation"] = [{"coding": [{"system": interp, "code": "POS"}]}]
+    assert criterion(evaluate(b, "es-valtermed"), "hepatitis-b")["status"] == "not-met"
+    obs["interpretation"] = [{"coding": [{"system": interp, "code": "NEG"}]}]
+    assert criterion(evaluate(b, "es-valtermed"), "hepatitis-b")["status"] == "met"

@@ -140,6 +140,8 @@ def relapsed_or_refractory(ctx: RuleContext, relapse_conditions: list[str], diag
         if value in ("relapsed", "refractory"):
             return Outcome(MET, f"disease status {value} on {sel.reading.day}", sel.evidence)
         return Outcome(NOT_MET, f"disease status is {value} on {sel.reading.day}", sel.evidence)
+    if sel.evidence:  # a disease status is recorded but unusable: never fall back to older facts
+        return Outcome(UNKNOWN, str(sel.problem), sel.evidence)
     relapse = [f for f in _conditions(ctx, relapse_conditions, history=False) if f.confirmed]
     relapse += [
         f

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import math
 import re
 from datetime import date
 from typing import Any
@@ -46,8 +47,8 @@ def period_range(period: Any) -> tuple[DateRange | None, DateRange | None]:
 def codings(concept: Any) -> list[tuple[str, str]]:
     """(system, code) pairs of a CodeableConcept; codings without both are skipped."""
     out: list[tuple[str, str]] = []
-    if isinstance(concept, dict):
-        for c in concept.get("coding") or []:
+    if isinstance(concept, dict) and isinstance(concept.get("coding"), list):
+        for c in concept["coding"]:
             if isinstance(c, dict):
                 system, code = c.get("system"), c.get("code")
                 if isinstance(system, str) and isinstance(code, str) and system and code:
@@ -61,7 +62,8 @@ def display(concept: Any) -> str:
     text = concept.get("text")
     if isinstance(text, str) and text:
         return text
-    for c in concept.get("coding") or []:
+    coding = concept.get("coding")
+    for c in coding if isinstance(coding, list) else []:
         if isinstance(c, dict):
             d = c.get("display") or c.get("code")
             if isinstance(d, str):
@@ -97,4 +99,10 @@ def normalise_reference(ref: str) -> str:
 
 
 def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite JSON number (not a bool, NaN, infinity, or an int too large for a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False

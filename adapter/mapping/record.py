@@ -101,7 +101,8 @@ def build_records(
                 out.records.append(record)
             if item.full_url:
                 patients.setdefault(item.full_url, record)
-        elif rtype == "Medication":
+        elif rtype == "Medication" and item.origin not in invalid and item.origin not in conflicts:
+            # an invalid or conflicting Medication is not indexed: a reference to it stays unresolved
             medications[ref] = r
             if item.full_url:
                 medications[item.full_url] = r
@@ -129,7 +130,13 @@ def build_records(
             record.integrity_problems.append(f"{ref}: {fault}")
             record.integrity_evidence.append(ref)
             continue
-        mapper.map(record, rtype, r, ref)
+        try:
+            mapper.map(record, rtype, r, ref)
+        except (TypeError, ValueError, AttributeError, OverflowError, KeyError) as exc:
+            # Unvalidated input in a shape the mapper cannot read: never a crash, never silently
+            # dropped (the resource might have been the one that excludes the patient).
+            record.integrity_problems.append(f"{ref}: cannot be read ({type(exc).__name__})")
+            record.integrity_evidence.append(ref)
     for record in out.records:
         for readings in record.readings.values():
             readings.sort(key=lambda x: x.day, reverse=True)
@@ -265,6 +272,9 @@ class _Mapper:
         code, system, unit = q.get("code"), q.get("system"), q.get("unit")
         if system == UCUM_SYSTEM and isinstance(code, str) and code:
             return self.t.unit_equivalent.get(code, code)
+        return self._unit_from_text(code, unit)
+
+    def _unit_from_text(self, code: Any, unit: Any) -> str | None:
         for candidate in (code, unit):
             if isinstance(candidate, str) and candidate:
                 if candidate in self.t.unit_aliases:
@@ -281,12 +291,30 @@ class _Mapper:
         if unit is None:
             shown = q.get("unit") or q.get("code")
             return f"unknown unit {shown!r}" if shown else "no unit"
+        disagreement = self._unit_disagreement(q, unit, concept)
+        if disagreement:
+            return disagreement
         try:
             factor = conversion_factor(unit, target, self.t.molar_mass.get(concept.name))
         except UnitError as exc:
             return f"unit {unit!r} cannot be converted to {target!r} ({exc})"
         # 12 significant digits: 10000 /mm3 is 10 x10*9/L exactly, not 10.000000000000002
         return float(f"{value * factor:.12g}")
+
+    def _unit_disagreement(self, q: dict[str, Any], coded: str, concept: Concept) -> str | None:
+        """The display unit, when it is a unit we know, must mean the same as the coded one."""
+        shown = q.get("unit")
+        if q.get("system") != UCUM_SYSTEM or not isinstance(shown, str) or not shown:
+            return None
+        text_unit = self._unit_from_text(None, shown)
+        if text_unit is None or text_unit == coded:
+            return None
+        try:
+            mm = self.t.molar_mass.get(concept.name)
+            same = abs(conversion_factor(text_unit, coded, mm) - 1.0) < 1e-9
+        except UnitError:
+            same = False
+        return None if same else f"Quantity.unit {shown!r} disagrees with Quantity.code {coded!r}"
 
     def _plausible(self, concept: str, value: float) -> str | None:
         limits = self.t.plausible.get(concept)
