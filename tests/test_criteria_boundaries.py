@@ -306,3 +306,24 @@ def test_qt_prolonging_comedication_needs_review() -> None:
     b.medication("MedicationRequest", "J01FA09", "clarithromycin", 3)
     assert criterion(evaluate(b, "nhs-ta514"), "qt-prolonging-comedication")["status"] == "review"
     assert SCT  # route codes come from the tables
+
+
+def test_live_or_unclassified_vaccine_within_two_weeks_needs_review_in_spain() -> None:
+    b = eligible_patient()
+    vaccine = {
+        "resourceType": "Immunization",
+        "id": "imm1",
+        "status": "completed",
+        "vaccineCode": {"coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": "03"}]},
+        "patient": b.ref,
+        "occurrenceDateTime": b.day(-10),
+    }
+    b.resources.append(vaccine)
+    c = criterion(evaluate(b, "es-valtermed"), "live-vaccine")
+    assert c["status"] == "review"
+    assert c["evidence"] == ["Immunization/imm1"]
+    vaccine["occurrenceDateTime"] = b.day(-20)
+    assert criterion(evaluate(b, "es-valtermed"), "live-vaccine")["status"] == "met"
+    vaccine["occurrenceDateTime"] = b.day(-3)
+    vaccine["status"] = "not-done"
+    assert criterion(evaluate(b, "es-valtermed"), "live-vaccine")["status"] == "met"

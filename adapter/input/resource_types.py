@@ -157,7 +157,8 @@ R4_RESOURCE_TYPES: frozenset[str] = frozenset(
     ]
 )
 
-#: Resources the protocol reads. Medication is read only to resolve medicationReference.
+#: Resources the protocol reads. Medication is read only to resolve medicationReference;
+#: Immunization only for live vaccines (spain-therapeutic-protocol.txt §4 Immunisation).
 USED_RESOURCE_TYPES: frozenset[str] = frozenset(
     {
         "Patient",
@@ -169,5 +170,6 @@ USED_RESOURCE_TYPES: frozenset[str] = frozenset(
         "Procedure",
         "AllergyIntolerance",
         "Medication",
+        "Immunization",
     }
 )

@@ -57,7 +57,10 @@ SUBJECT_FIELD = {
     "MedicationAdministration": "subject",
     "Procedure": "subject",
     "AllergyIntolerance": "patient",
+    "Immunization": "patient",
 }
+#: Concept for a vaccine whose code the tables do not classify (live or not is unknown).
+UNCLASSIFIED_VACCINE = "unclassified-vaccine"
 
 
 @dataclass(slots=True)
@@ -208,6 +211,8 @@ class _Mapper:
             self.procedure(record, r, ref)
         elif rtype == "AllergyIntolerance":
             self.allergy(record, r, ref)
+        elif rtype == "Immunization":
+            self.immunization(record, r, ref)
 
     # -- Observation ---------------------------------------------------------------------
     def observation(self, record: PatientRecord, r: dict[str, Any], ref: str) -> None:
@@ -547,6 +552,18 @@ class _Mapper:
                 if isinstance(dosage, dict):
                     routes.append(dosage.get("route"))
         return any("intrathecal" in self.t.values_for("route", codings(route)) for route in routes)
+
+    # -- Immunization ----------------------------------------------------------------------
+    def immunization(self, record: PatientRecord, r: dict[str, Any], ref: str) -> None:
+        """A given vaccine is an exposure; one the tables cannot classify is kept as unclassified."""
+        if r.get("status") != "completed":
+            return
+        names = self.t.concepts_for(codings(r.get("vaccineCode")), "medication") or {UNCLASSIFIED_VACCINE}
+        when = date_range(r.get("occurrenceDateTime"))
+        for name in names:
+            record.exposures.setdefault(name, []).append(
+                Exposure(name, ref, "completed", when, when, False, False, display(r.get("vaccineCode")))
+            )
 
     # -- Procedure -----------------------------------------------------------------------
     def procedure(self, record: PatientRecord, r: dict[str, Any], ref: str) -> None:
