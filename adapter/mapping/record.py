@@ -219,14 +219,14 @@ class _Mapper:
         status = r.get("status")
         if status in OBS_IGNORED:
             return
-        parts: list[tuple[dict[str, Any], str]] = [(r, ref)]
-        for i, comp in enumerate(r.get("component") or []):
-            if isinstance(comp, dict):
-                parts.append((comp, f"{ref}#component[{i}]"))
+        # the Observation itself and its components (e.g. QTcF inside an ECG panel); evidence
+        # cites the Observation
+        components = r.get("component")
+        parts = [r, *(c for c in (components if isinstance(components, list) else []) if isinstance(c, dict))]
         when = date_range(r.get("effectiveDateTime") or r.get("effectiveInstant"))
         if when is None:
             when = period_range(r.get("effectivePeriod"))[0]
-        for part, _part_ref in parts:
+        for part in parts:
             names = self.t.concepts_for(codings(part.get("code")), "observation")
             if not names:
                 continue
@@ -247,7 +247,7 @@ class _Mapper:
                     record, concept.name, ref, None, f"effective date {when} is not precise to the day"
                 )
                 continue
-            result = self._value(concept, part, r)
+            result = self._value(concept, part)
             if isinstance(result, str):
                 self._unusable(record, concept.name, ref, when.latest, result)
                 continue
@@ -258,18 +258,18 @@ class _Mapper:
         day = when.latest if isinstance(when, DateRange) else when
         record.unusable.setdefault(concept, []).append(Unusable(concept, ref, day, reason))
 
-    def _value(self, concept: Concept, part: dict[str, Any], whole: dict[str, Any]) -> dict[str, Any] | str:
+    def _value(self, concept: Concept, part: dict[str, Any]) -> dict[str, Any] | str:
         """Keyword arguments for Reading, or the reason the value is unusable."""
         absent = part.get("dataAbsentReason")
         if absent is not None and not any(k.startswith("value") for k in part):
             return f"no value (dataAbsentReason: {display(absent) or 'given'})"
         kind = concept.value
         if kind in ("quantity", "quantity-or-coded") and "valueQuantity" in part:
-            return self._quantity(concept, part, whole)
+            return self._quantity(concept, part)
         if kind == "integer":
             return self._integer(concept, part)
         if kind in ("coded", "quantity-or-coded"):
-            return self._coded(concept, part, whole)
+            return self._coded(concept, part)
         present = [k for k in part if k.startswith("value")]
         return f"expected a quantity, found {present[0] if present else 'no value'}"
 
@@ -333,9 +333,7 @@ class _Mapper:
             return f"implausible value {value:g} (above {limits['max']:g})"
         return None
 
-    def _quantity(
-        self, concept: Concept, part: dict[str, Any], whole: dict[str, Any]
-    ) -> dict[str, Any] | str:
+    def _quantity(self, concept: Concept, part: dict[str, Any]) -> dict[str, Any] | str:
         q = part.get("valueQuantity")
         if not isinstance(q, dict) or not is_number(q.get("value")):
             return "valueQuantity has no numeric value"
@@ -349,7 +347,7 @@ class _Mapper:
         if problem:
             return f"{problem} {concept.unit}"
         out: dict[str, Any] = {"number": converted, "comparator": comparator, "unit": concept.unit}
-        out.update(self._uln(concept, part if part is not whole else whole))
+        out.update(self._uln(concept, part))
         return out
 
     def _uln(self, concept: Concept, part: dict[str, Any]) -> dict[str, Any]:
@@ -393,7 +391,7 @@ class _Mapper:
                 return f"unexpected unit {unit!r} for a count or score"
             value = q.get("value")
         elif concept.value_set and "valueCodeableConcept" in part:
-            coded = self._coded(concept, part, part)
+            coded = self._coded(concept, part)
             if isinstance(coded, str):
                 return coded
             value = coded["coded"]
@@ -411,7 +409,7 @@ class _Mapper:
             return problem
         return {"number": float(value), "unit": None}
 
-    def _coded(self, concept: Concept, part: dict[str, Any], whole: dict[str, Any]) -> dict[str, Any] | str:
+    def _coded(self, concept: Concept, part: dict[str, Any]) -> dict[str, Any] | str:
         vs = concept.value_set or ""
         if "valueCodeableConcept" in part:
             cc = part["valueCodeableConcept"]
