@@ -71,6 +71,15 @@ def _within(
     return None
 
 
+def _judge(verdict: bool | None, fail: Status, text: str, evidence: tuple[str, ...]) -> Outcome:
+    """An Outcome from a _within verdict: met, the given failure status, or unknown if undecided."""
+    if verdict is True:
+        return Outcome(MET, text, evidence)
+    if verdict is False:
+        return Outcome(fail, text, evidence)
+    return Outcome(UNKNOWN, text + ": the reported bound cannot tell", evidence)
+
+
 def _limits_text(lo: float | None, hi: float | None, lo_incl: bool, hi_incl: bool, unit: str = "") -> str:
     parts = []
     if lo is not None:
@@ -164,11 +173,7 @@ def cd22_positive(ctx: RuleContext, min_percent: float | None = None) -> Outcome
         verdict = _within(r.bounds, lo, None, incl, True)
         need = _limits_text(lo, None, incl, True, "%")
         text = f"CD22 on {r.text()} of blasts on {r.day} (required {need})"
-        if verdict is True:
-            return Outcome(MET, text, sel.evidence)
-        if verdict is False:
-            return Outcome(NOT_MET, text, sel.evidence)
-        return Outcome(UNKNOWN, text + ": the reported bound cannot tell", sel.evidence)
+        return _judge(verdict, NOT_MET, text, sel.evidence)
     if r.coded == "negative":
         return Outcome(NOT_MET, f"CD22 negative on {r.day}", sel.evidence)
     if min_percent is not None:
@@ -239,11 +244,7 @@ def value_in_range(
     need = _limits_text(min, max, min_inclusive, max_inclusive, unit_text)
     text = f"{label} {r.text()} on {r.day} (required {need})"
     verdict = _within(r.bounds, min, max, min_inclusive, max_inclusive)
-    if verdict is True:
-        return Outcome(MET, text, sel.evidence)
-    if verdict is False:
-        return Outcome(_status(on_fail), text, sel.evidence)
-    return Outcome(UNKNOWN, text + ": the reported bound cannot tell", sel.evidence)
+    return _judge(verdict, _status(on_fail), text, sel.evidence)
 
 
 @rule
@@ -293,12 +294,7 @@ def _ratio(
         f"{label} {r.text()} on {r.day} = {r.number / r.uln:.2f}×ULN "
         f"(ULN {r.uln:.4g}{uln_note}; limit ≤ {max_ratio:g}×ULN)"
     )
-    verdict = _within(ratio_bounds, None, max_ratio, True, True)
-    if verdict is True:
-        return Outcome(MET, text, sel.evidence), r
-    if verdict is False:
-        return Outcome(NOT_MET, text, sel.evidence), r
-    return Outcome(UNKNOWN, text + ": the reported bound cannot tell", sel.evidence), r
+    return _judge(_within(ratio_bounds, None, max_ratio, True, True), NOT_MET, text, sel.evidence), r
 
 
 @rule
@@ -389,8 +385,7 @@ def renal_function(
         r = measured.reading
         verdict = _within(r.bounds, crcl_min, None, crcl_inclusive, True)
         text = f"creatinine clearance {r.text()} on {r.day} (required {need})"
-        status = MET if verdict is True else NOT_MET if verdict is False else UNKNOWN
-        options.append(Outcome(status, text, measured.evidence))
+        options.append(_judge(verdict, NOT_MET, text, measured.evidence))
     elif creat.reading is not None:
         est = _cockcroft_gault(ctx, creat.reading, max_age_days)
         if isinstance(est, Outcome):
