@@ -33,7 +33,7 @@ from adapter.mapping.fhir_values import (
     status_code,
 )
 from adapter.mapping.tables import Concept, Tables
-from adapter.mapping.units import UCUM_SYSTEM, UnitError, conversion_factor, is_valid_ucum
+from adapter.mapping.units import UCUM_SYSTEM, UnitError, conversion_factor, drop_float_noise, is_valid_ucum
 
 OBS_USABLE = frozenset({"final", "amended", "corrected", "preliminary", "registered"})
 OBS_IGNORED = frozenset({"entered-in-error", "cancelled"})
@@ -303,8 +303,7 @@ class _Mapper:
             factor = conversion_factor(unit, target, self.t.molar_mass.get(concept.name))
         except UnitError as exc:
             return f"unit {unit!r} cannot be converted to {target!r} ({exc})"
-        # 12 significant digits: 10000 /mm3 is 10 x10*9/L exactly, not 10.000000000000002
-        return float(f"{value * factor:.12g}")
+        return drop_float_noise(value * factor)
 
     def _unit_disagreement(self, q: dict[str, Any], coded: str, concept: Concept) -> str | None:
         """The display unit, when it is a unit we know, must mean the same as the coded one."""

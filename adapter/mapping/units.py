@@ -54,9 +54,10 @@ def _parse(unit: str) -> Any:
         raise UnitError(f"{unit!r} is not a valid UCUM unit ({type(exc).__name__})") from None
 
 
-def _round(factor: float) -> float:
-    """Drop binary noise from pint's arithmetic (0.0010000000000000002 -> 0.001)."""
-    return float(f"{factor:.12g}")
+def drop_float_noise(x: float) -> float:
+    """12 significant digits: drops binary noise (0.0010000000000000002 -> 0.001), so a value
+    converted onto a limit (10000 /mm3 = 10 x10*9/L) compares equal to it."""
+    return float(f"{x:.12g}")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -70,18 +71,18 @@ def conversion_factor(from_unit: str, to_unit: str, molar_mass: float | None = N
         return 1.0
     src, dst = _parse(from_unit), _parse(to_unit)
     try:
-        return _round(float((1 * src).to(dst).magnitude))
+        return drop_float_noise(float((1 * src).to(dst).magnitude))
     except Exception as direct_error:
         if molar_mass is None:
             raise UnitError(f"cannot convert {from_unit!r} to {to_unit!r}") from direct_error
     mol_l, g_l = _parse("mol/L"), _parse("g/L")
     try:
         if (1 * src).is_compatible_with(mol_l):
-            return _round(
+            return drop_float_noise(
                 float((1 * src).to(mol_l).magnitude) * molar_mass * float((1 * g_l).to(dst).magnitude)
             )
         if (1 * src).is_compatible_with(g_l):
-            return _round(
+            return drop_float_noise(
                 float((1 * src).to(g_l).magnitude) / molar_mass * float((1 * mol_l).to(dst).magnitude)
             )
     except Exception:
