@@ -49,6 +49,14 @@ def handle_errors(fn: F) -> F:
 def _parse_date(_ctx: click.Context, _param: click.Parameter, value: str | None) -> date:
     if value is None:
         return date.today()
+    return _iso_date(value)
+
+
+def _parse_optional_date(_ctx: click.Context, _param: click.Parameter, value: str | None) -> date | None:
+    return None if value is None else _iso_date(value)
+
+
+def _iso_date(value: str) -> date:
     try:
         return date.fromisoformat(value)
     except ValueError:
@@ -87,11 +95,24 @@ def main(debug: bool) -> None:
 @click.option(
     "--no-validate", is_flag=True, help="Skip fhir.resources R4B validation (faster; for trusted input)."
 )
+@click.option(
+    "--bsa-formula",
+    type=click.Choice(["mosteller", "dubois"]),
+    default="mosteller",
+    show_default=True,
+    help="Body surface area formula for the doses.",
+)
 @handle_errors
 def evaluate(
-    input_path: str, protocol: str, as_of: date, mappings: tuple[str, ...], fmt: str, no_validate: bool
+    input_path: str,
+    protocol: str,
+    as_of: date,
+    mappings: tuple[str, ...],
+    fmt: str,
+    no_validate: bool,
+    bsa_formula: str,
 ) -> None:
-    """Evaluate eligibility for every patient in INPUT.
+    """Evaluate eligibility and the next dose for every patient in INPUT.
 
     INPUT is a FHIR R4 JSON file (Bundle or resource), a Bulk Data NDJSON file, or a directory of
     them. Exit status 0 means evaluated, whatever the decision; 2 means unusable input.
@@ -101,7 +122,14 @@ def evaluate(
     from adapter.api import evaluate_path
     from adapter.render_text import render_text
 
-    run = evaluate_path(input_path, protocol, as_of, mappings, validate=not no_validate)
+    run = evaluate_path(
+        input_path,
+        protocol,
+        as_of,
+        mappings,
+        validate=not no_validate,
+        bsa_formula=bsa_formula,  # type: ignore[arg-type]
+    )
     if fmt == "ndjson":
         for result in run.results:
             sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
@@ -115,6 +143,98 @@ def evaluate(
         click.echo(f"ino-adapter: ignored resources the protocol does not use: {counts}", err=True)
     for orphan in run.orphans:
         click.echo(f"ino-adapter: warning: {orphan}", err=True)
+
+
+@main.command("check-order")
+@click.argument("order_path", metavar="ORDER", type=click.Path(exists=True, dir_okay=False, readable=True))
+@click.option(
+    "--context",
+    "context_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=True, readable=True),
+    help="The patient's record: Bundle, resource, NDJSON or a directory.",
+)
+@click.option(
+    "--protocol", "-p", type=click.Choice(VARIANTS), required=True, help="Protocol variant to apply."
+)
+@click.option(
+    "--as-of",
+    callback=_parse_optional_date,
+    metavar="YYYY-MM-DD",
+    help="Check as of this date (default: the order's dose date).",
+)
+@click.option(
+    "--mappings",
+    "mappings",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Site mapping table merged over the shipped tables (repeatable).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "text"]),
+    default="json",
+    show_default=True,
+    help="json: the check as one object; text: readable.",
+)
+@click.option(
+    "--bsa-formula",
+    type=click.Choice(["mosteller", "dubois"]),
+    default="mosteller",
+    show_default=True,
+    help="Body surface area formula for the planned dose.",
+)
+@click.option(
+    "--fail-on",
+    type=click.Choice(["never", "warning", "critical"]),
+    default="never",
+    show_default=True,
+    help="Exit with status 4 when the verdict reaches this severity.",
+)
+@click.option(
+    "--no-validate", is_flag=True, help="Skip fhir.resources R4B validation (faster; for trusted input)."
+)
+@handle_errors
+def check_order(
+    order_path: str,
+    context_path: str,
+    protocol: str,
+    as_of: date | None,
+    mappings: tuple[str, ...],
+    fmt: str,
+    bsa_formula: str,
+    fail_on: str,
+    no_validate: bool,
+) -> None:
+    """Check an inotuzumab ozogamicin MedicationRequest (ORDER) against the plan.
+
+    Says whether the dose (±10%), the day and the timing (≥ 6 days since the last dose) agree with
+    the protocol variant, whether the results are fresh and within limits, and whether anything
+    stops treatment. Each finding has a severity: info, warning or critical.
+    """
+    import orjson
+
+    from adapter.api import check_order_path
+    from adapter.errors import ExitCode
+    from adapter.render_text import render_check
+
+    result = check_order_path(
+        order_path,
+        context_path,
+        protocol,
+        as_of,
+        mappings,
+        not no_validate,
+        bsa_formula,  # type: ignore[arg-type]
+    )
+    if fmt == "json":
+        sys.stdout.buffer.write(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        click.echo(render_check(result))
+    order = ("info", "warning", "critical")
+    if fail_on != "never" and order.index(result["verdict"]) >= order.index(fail_on):
+        sys.exit(int(ExitCode.ORDER_REJECTED))
 
 
 if __name__ == "__main__":

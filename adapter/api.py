@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from adapter import CONTRACT_VERSION
+from adapter.dosing.bsa import Formula
+from adapter.dosing.engine import plan_next_dose
 from adapter.eligibility.engine import evaluate_eligibility
 from adapter.eligibility.results import Eligibility
 from adapter.errors import InputError
@@ -59,6 +61,7 @@ def evaluate_batch(
     mappings: Sequence[str] = (),
     validate: bool = True,
     source: str = "input",
+    bsa_formula: Formula = "mosteller",
 ) -> EvaluationRun:
     tables = load_tables(tuple(str(m) for m in mappings))
     variant = load_variant(protocol)
@@ -69,6 +72,9 @@ def evaluate_batch(
     run = EvaluationRun(ignored=batch.ignored, orphans=records.orphans)
     for record in records.records:
         eligibility = evaluate_eligibility(record, variant, as_of)
+        plan = plan_next_dose(
+            record, variant.name, as_of, eligibility, bsa_formula, variant.accept_preliminary
+        )
         run.results.append(
             {
                 "contract": CONTRACT_VERSION,
@@ -76,16 +82,22 @@ def evaluate_batch(
                 "protocol": variant.name,
                 "as_of": as_of.isoformat(),
                 "eligibility": eligibility_json(eligibility),
+                "dose": plan.as_json(),
             }
         )
     return run
 
 
 def evaluate_path(
-    path: str | Path, protocol: str, as_of: date, mappings: Sequence[str] = (), validate: bool = True
+    path: str | Path,
+    protocol: str,
+    as_of: date,
+    mappings: Sequence[str] = (),
+    validate: bool = True,
+    bsa_formula: Formula = "mosteller",
 ) -> EvaluationRun:
     """Evaluate a file or directory (Bundle, resource, NDJSON)."""
-    return evaluate_batch(read_input(path), protocol, as_of, mappings, validate, str(path))
+    return evaluate_batch(read_input(path), protocol, as_of, mappings, validate, str(path), bsa_formula)
 
 
 def evaluate_resources(
@@ -94,6 +106,39 @@ def evaluate_resources(
     as_of: date,
     mappings: Sequence[str] = (),
     validate: bool = True,
+    bsa_formula: Formula = "mosteller",
 ) -> EvaluationRun:
     """Evaluate already-parsed resources or Bundles (e.g. from an integration engine)."""
-    return evaluate_batch(read_resources(items), protocol, as_of, mappings, validate, "<api>")
+    return evaluate_batch(read_resources(items), protocol, as_of, mappings, validate, "<api>", bsa_formula)
+
+
+def check_order_path(
+    order_path: str | Path,
+    context_path: str | Path,
+    protocol: str,
+    as_of: date | None = None,
+    mappings: Sequence[str] = (),
+    validate: bool = True,
+    bsa_formula: Formula = "mosteller",
+) -> dict[str, Any]:
+    """Check the inotuzumab MedicationRequest in ORDER against the plan for its patient in CONTEXT."""
+    from adapter.dosing.order_check import check_order
+    from adapter.mapping.fhir_values import normalise_reference, reference
+    from adapter.mapping.record import resource_ref
+
+    order_batch = read_input(order_path)
+    orders = [r for r in order_batch.resources if r.resource.get("resourceType") == "MedicationRequest"]
+    if len(orders) != 1:
+        raise InputError(str(order_path), f"expected one MedicationRequest, found {len(orders)}")
+    order = orders[0]
+    context = read_input(context_path)
+    order_ref = resource_ref(order)
+    items = [r for r in context.resources if resource_ref(r) != order_ref] + [order]
+    tables = load_tables(tuple(str(m) for m in mappings))
+    invalid = validate_all(items) if validate else {}
+    records = build_records(items, tables, invalid)
+    subject = reference(order.resource.get("subject"))
+    record = next((r for r in records.records if subject and r.ref == normalise_reference(subject)), None)
+    if record is None:
+        raise InputError(str(context_path), f"the order's patient {subject!r} is not in the context")
+    return check_order(record, order_ref, protocol, as_of, bsa_formula).as_json()

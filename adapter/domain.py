@@ -84,6 +84,11 @@ class ConditionFact:
     abatement: DateRange | None = None
     severity: str | None = None  # "mild" | "moderate" | "severe" | None
     display: str = ""
+    #: CTCAE grade 1-5 when Condition.severity carries one (NCI Thesaurus grade codes), or the
+    #: grade a SNOMED severity implies (mild 1, moderate 2, severe 3); ``grade_exact`` tells which.
+    grade: int | None = None
+    grade_exact: bool = False
+    recorded: DateRange | None = None  # Condition.recordedDate
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +103,13 @@ class Exposure:
     ongoing: bool
     intrathecal: bool = False
     display: str = ""
+    resource_type: str = ""  # MedicationAdministration | MedicationStatement | MedicationRequest | ...
+    #: The dose of one administration (or ordered per administration), converted to mg or mg/m2.
+    dose_mg: float | None = None
+    dose_mg_per_m2: float | None = None
+    dose_problem: str | None = None  # why a recorded dose could not be read
+    #: MedicationRequest: the planned date of the dose (Timing.event, else boundsPeriod.start).
+    planned: DateRange | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ class ExitCode(IntEnum):
     USAGE = 1  # reserved for usage errors reported by click itself (click uses 2; see cli.py)
     BAD_INPUT = 2  # unusable input: not JSON, not FHIR, unknown resourceType, no Patient ...
     BAD_MAPPINGS = 3  # a --mappings file or a shipped table is malformed
+    ORDER_REJECTED = 4  # check-order --fail-on: the order's verdict reached the given severity
     INTERNAL = 70  # a bug: reported without a traceback unless --debug
 
 

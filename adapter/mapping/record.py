@@ -61,6 +61,11 @@ SUBJECT_FIELD = {
 }
 #: Concept for a vaccine whose code the tables do not classify (live or not is unknown).
 UNCLASSIFIED_VACCINE = "unclassified-vaccine"
+#: Concept for a graded Condition (CTCAE grade or severity) whose code no table classifies.
+ADVERSE_EVENT = "adverse-event"
+#: The CTCAE grade a SNOMED severity implies when no CTCAE grade is coded (a lower bound for
+#: "severe", which may also be grade 4).
+SEVERITY_GRADE = {"mild": 1, "moderate": 2, "severe": 3}
 
 
 @dataclass(slots=True)
@@ -438,6 +443,19 @@ class _Mapper:
         if verification in VERIFICATION_IGNORED:
             return
         names = self.t.concepts_for(codings(r.get("code")), "condition")
+        severity_codings = codings(r.get("severity"))
+        severities = self.t.values_for("severity", severity_codings)
+        grades = self.t.values_for("ctcae-grade", severity_codings)
+        grade_exact = len(grades) == 1
+        if grade_exact:
+            grade: int | None = int(next(iter(grades)))
+        else:
+            grade = SEVERITY_GRADE.get(next(iter(severities))) if len(severities) == 1 else None
+        recorded = date_range(r.get("recordedDate"))
+        if not names and grade is not None:
+            # A graded condition no table names may be a toxicity of treatment; the dose engine
+            # decides by its dates whether it arose on treatment.
+            names = {ADVERSE_EVENT}
         if not names:
             return
         clinical = status_code(r.get("clinicalStatus"))
@@ -445,7 +463,6 @@ class _Mapper:
         active = clinical in COND_ACTIVE or (clinical is None and not has_abatement)
         onset = date_range(r.get("onsetDateTime")) or period_range(r.get("onsetPeriod"))[0]
         abatement = date_range(r.get("abatementDateTime")) or period_range(r.get("abatementPeriod"))[1]
-        severities = self.t.values_for("severity", codings(r.get("severity")))
         for name in names:
             fact = ConditionFact(
                 concept=name,
@@ -457,6 +474,9 @@ class _Mapper:
                 abatement=abatement,
                 severity=next(iter(severities)) if len(severities) == 1 else None,
                 display=display(r.get("code")),
+                grade=grade,
+                grade_exact=grade_exact,
+                recorded=recorded,
             )
             record.conditions.setdefault(name, []).append(fact)
 
@@ -506,10 +526,76 @@ class _Mapper:
         start, end = self._exposure_dates(rtype, r)
         ongoing = status in MED_ONGOING
         intrathecal = self._intrathecal(rtype, r)
+        dose = self._dose(rtype, r)
+        planned = self._planned(r) if rtype == "MedicationRequest" else None
         for name in names:
             record.exposures.setdefault(name, []).append(
-                Exposure(name, ref, str(status), start, end, ongoing, intrathecal, shown)
+                Exposure(
+                    name,
+                    ref,
+                    str(status),
+                    start,
+                    end,
+                    ongoing,
+                    intrathecal,
+                    shown,
+                    resource_type=rtype,
+                    planned=planned,
+                    **dose,
+                )
             )
+
+    def _dosages(self, rtype: str, r: dict[str, Any]) -> list[dict[str, Any]]:
+        if rtype == "MedicationAdministration":
+            dosage = r.get("dosage")
+            return [dosage] if isinstance(dosage, dict) else []
+        key = "dosageInstruction" if rtype == "MedicationRequest" else "dosage"
+        return [d for d in r.get(key) or [] if isinstance(d, dict)]
+
+    def _dose(self, rtype: str, r: dict[str, Any]) -> dict[str, Any]:
+        """The dose per administration in mg (or mg/m2), or why it cannot be read."""
+        quantities: list[Any] = []
+        for dosage in self._dosages(rtype, r):
+            if rtype == "MedicationAdministration":
+                if "dose" in dosage:
+                    quantities.append(dosage.get("dose"))
+                continue
+            for dr in dosage.get("doseAndRate") or []:
+                if isinstance(dr, dict) and "doseQuantity" in dr:
+                    quantities.append(dr.get("doseQuantity"))
+        if not quantities:
+            return {}
+        if len(quantities) > 1:
+            return {"dose_problem": "several doses recorded in one resource"}
+        q = quantities[0]
+        if not isinstance(q, dict) or not is_number(q.get("value")):
+            return {"dose_problem": "the dose has no numeric value"}
+        unit = self._resolve_unit(q)
+        if unit is None:
+            shown = q.get("unit") or q.get("code")
+            return {"dose_problem": f"unknown dose unit {shown!r}" if shown else "the dose has no unit"}
+        value = float(q["value"])
+        for target, key in (("mg", "dose_mg"), ("mg/m2", "dose_mg_per_m2")):
+            try:
+                return {key: drop_float_noise(value * conversion_factor(unit, target, None))}
+            except UnitError:
+                continue
+        return {"dose_problem": f"dose unit {unit!r} is neither a mass nor a mass per m2"}
+
+    def _planned(self, r: dict[str, Any]) -> DateRange | None:
+        for dosage in self._dosages("MedicationRequest", r):
+            timing = dosage.get("timing")
+            if not isinstance(timing, dict):
+                continue
+            events = timing.get("event")
+            if isinstance(events, list) and events:
+                return date_range(events[0])
+            repeat = timing.get("repeat")
+            if isinstance(repeat, dict):
+                start = period_range(repeat.get("boundsPeriod"))[0]
+                if start is not None:
+                    return start
+        return None
 
     def _exposure_dates(self, rtype: str, r: dict[str, Any]) -> tuple[DateRange | None, DateRange | None]:
         if rtype in ("MedicationAdministration", "MedicationStatement"):
@@ -538,16 +624,7 @@ class _Mapper:
         return start, end
 
     def _intrathecal(self, rtype: str, r: dict[str, Any]) -> bool:
-        routes: list[Any] = []
-        if rtype == "MedicationAdministration":
-            dosage = r.get("dosage")
-            if isinstance(dosage, dict):
-                routes.append(dosage.get("route"))
-        else:
-            key = "dosageInstruction" if rtype == "MedicationRequest" else "dosage"
-            for dosage in r.get(key) or []:
-                if isinstance(dosage, dict):
-                    routes.append(dosage.get("route"))
+        routes = [d.get("route") for d in self._dosages(rtype, r)]
         return any("intrathecal" in self.t.values_for("route", codings(route)) for route in routes)
 
     # -- Immunization ----------------------------------------------------------------------

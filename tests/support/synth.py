@@ -17,6 +17,7 @@ SCT = "http://snomed.info/sct"
 ICD10 = "http://hl7.org/fhir/sid/icd-10"
 ATC = "http://www.whocc.no/atc"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+NCIT = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
 UCUM = "http://unitsofmeasure.org"
 INO = "https://fhir.ino-adapter.org/CodeSystem/protocol-concept"
 INO_VALUE = "https://fhir.ino-adapter.org/CodeSystem/protocol-value"
@@ -254,6 +255,78 @@ class PatientBuilder:
                 r["dosage"] = {"route": cc(SCT, route[0], route[1])}
         self.resources.append(r)
         return r
+
+    def administration(
+        self,
+        days_ago: int,
+        mg: float | None,
+        status: str = "completed",
+        unit: str = "mg",
+        atc: str = "L01FB01",
+    ) -> dict[str, Any]:
+        """An inotuzumab ozogamicin MedicationAdministration (IV) of ``mg`` on the given day."""
+        r: dict[str, Any] = {
+            "resourceType": "MedicationAdministration",
+            "id": self._id("ino-admin"),
+            "status": status,
+            "medicationCodeableConcept": cc(ATC, atc, "inotuzumab ozogamicin"),
+            "subject": self.ref,
+            "effectiveDateTime": self.at(-days_ago, 10),
+            "dosage": {"route": cc(SCT, "47625008", "Intravenous route")},
+        }
+        if mg is not None:
+            r["dosage"]["dose"] = {"value": mg, "unit": unit, "system": UCUM, "code": unit}
+        self.resources.append(r)
+        return r
+
+    def inotuzumab_order(
+        self,
+        days_ago: int,
+        mg: float | None,
+        status: str = "active",
+        unit: str = "mg",
+        rid: str | None = None,
+    ) -> dict[str, Any]:
+        """An inotuzumab ozogamicin MedicationRequest for one dose on the given day (timing.event)."""
+        dosage: dict[str, Any] = {
+            "text": "inotuzumab ozogamicin IV",
+            "timing": {"event": [self.at(-days_ago, 10)]},
+            "route": cc(SCT, "47625008", "Intravenous route"),
+        }
+        if mg is not None:
+            dosage["doseAndRate"] = [
+                {"doseQuantity": {"value": mg, "unit": unit, "system": UCUM, "code": unit}}
+            ]
+        r: dict[str, Any] = {
+            "resourceType": "MedicationRequest",
+            "id": rid or self._id("ino-order"),
+            "status": status,
+            "intent": "order",
+            "medicationCodeableConcept": cc(ATC, "L01FB01", "inotuzumab ozogamicin"),
+            "subject": self.ref,
+            "authoredOn": self.day(-days_ago - 1),
+            "dosageInstruction": [dosage],
+        }
+        self.resources.append(r)
+        return r
+
+    def toxicity(
+        self,
+        display: str,
+        grade: int,
+        onset_days_ago: int,
+        system: str = "http://example.org/local-ae",
+        code: str = "ae",
+        clinical: str = "active",
+        abatement_days_ago: int | None = None,
+    ) -> dict[str, Any]:
+        """A Condition graded with an NCI Thesaurus CTCAE grade code in Condition.severity."""
+        cond = self.condition(
+            system, code, display, onset_days_ago, clinical, "confirmed", abatement_days_ago
+        )
+        grades = {1: "C41338", 2: "C41339", 3: "C41340", 4: "C41337", 5: "C48275"}
+        cond["severity"] = cc(NCIT, grades[grade], f"Grade {grade}")
+        return cond
 
     def procedure(
         self, code: str, display: str, days_ago: int, status: str = "completed", system: str = SCT
