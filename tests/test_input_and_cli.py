@@ -258,7 +258,16 @@ def test_single_patient_json_is_one_object_with_the_contract_keys() -> None:
     data = json.loads(result.stdout)
     assert set(data) == {"contract", "patient", "protocol", "as_of", "eligibility", "dose"}
     assert set(data["eligibility"]) == {"status", "criteria", "attestations"}
-    assert set(data["dose"]) >= {"action", "cycle", "day", "dose_level", "bsa_m2", "bsa_formula", "doses", "findings"}
+    assert set(data["dose"]) >= {
+        "action",
+        "cycle",
+        "day",
+        "dose_level",
+        "bsa_m2",
+        "bsa_formula",
+        "doses",
+        "findings",
+    }
     assert set(data["dose"]["doses"][0]) == {"day", "mg_per_m2", "mg", "date", "vials", "volume_ml"}
     assert set(data["eligibility"]["criteria"][0]) >= {"id", "status", "reason", "evidence", "source"}
     assert data["as_of"] == "2026-11-21"

@@ -163,6 +163,7 @@ class _Engine:
         self.cycles: list[Cycle] = []
         self.interruptions: list[Interruption] = []
         self.unexplained_steps = 0
+        self.current_interruption: Interruption | None = None
 
     # -- helpers ------------------------------------------------------------------------------
     def add(self, *args: Any, **kwargs: Any) -> None:
@@ -801,7 +802,12 @@ class _Engine:
         action: Action | None
         why: str
         if completed > hs.cycles and hs.third_cycle != "fewest-to-remission":
-            action, why = Action.COMPLETE, f"{completed} cycles given to an HSCT candidate: proceed to HSCT"
+            if not in_remission:
+                return  # no remission: the course rules decide, not the transplant plan
+            action, why = (
+                Action.COMPLETE,
+                f"{completed} cycles given to an HSCT candidate in remission: proceed",
+            )
         elif hs.third_cycle == "fewest-to-remission":
             if in_remission:
                 action, why = Action.COMPLETE, "HSCT candidate in CR/CRi/CRp: proceed to transplant"
@@ -958,12 +964,21 @@ class _Engine:
                 s.interruption.source,
                 effect=s.interruption.beyond_action,
             )
+        if decide(self.findings) in (Action.DISCONTINUE, Action.COMPLETE):
+            # treatment stops: the day's checks, BSA and doses no longer matter
+            return self._result(
+                pos.cycle, pos.day.day if pos.day else 1, None, None, [], self.as_of, inter_days
+            )
         # the cycle the next dose belongs to
         steps = cur.steps
         if pos.new_cycle:
             if inter_days >= s.interruption.reduce_from_days:
                 steps += 1
-                if self.toxicity_between(pos.interruption_start or self.as_of, self.as_of) is None:
+                start = pos.interruption_start or self.as_of
+                self.current_interruption = Interruption(
+                    start, self.as_of, inter_days, True, self.toxicity_between(start, self.as_of)
+                )
+                if self.current_interruption.toxicity is None:
                     self.unexplained_steps += 1
             day1 = max(self.as_of, pos.earliest) if due_now else pos.due
             level = self.level_for(pos.cycle, day1, steps)
@@ -1016,7 +1031,7 @@ class _Engine:
         weight_days = s.freshness.weight_max_age_days
         if s.freshness.weight_before_cycle_days is not None and nxt_day.day == 1:
             weight_days = s.freshness.weight_before_cycle_days
-        bsa = self.bsa(dose_date, weight_days)
+        bsa = self.bsa(dose_date, weight_days) if due_now or pos.omitted_now else None
         if bsa is not None:
             self.weight_change(bsa)
             self.reescalation(bsa)
@@ -1037,8 +1052,10 @@ class _Engine:
         if steps == 0:
             return
         ended = [i for i in self.interruptions if i.days >= iv.reduce_from_days]
+        if self.current_interruption is not None:
+            ended.append(self.current_interruption)
         evidence = tuple(e for i in ended for e in (i.toxicity or ()))
-        text = ", ".join(f"{i.days} days from {i.start}" for i in ended) or "the current interruption"
+        text = ", ".join(f"{i.days} days from {i.start}" + (" (ongoing)" if i.ongoing else "") for i in ended)
         if steps > iv.max_reductions:
             self.add(
                 "reductions-exhausted",
@@ -1185,7 +1202,9 @@ class _Engine:
         inter_days: int,
     ) -> DosePlan:
         action = decide(self.findings)
-        if action not in (Action.ADMINISTER, Action.DELAY, Action.OMIT, Action.REVIEW):
+        if action not in (Action.ADMINISTER, Action.OMIT, Action.REVIEW):
+            # doses are shown to give (administer), to plan around an omission, or for a prescriber
+            # to authorise (review); never for a hold, a stop or unknown data
             doses = []
         if doses and action is Action.ADMINISTER:
             self.add(

@@ -123,7 +123,11 @@ def check_order(
         if f.effect is None:
             continue
         severity = Severity.CRITICAL if f.effect in FORBIDDEN else Severity.WARNING
-        findings.append(Finding(f.id, severity, f.reason, f.evidence, f.source, f.effect))
+        reason = f.reason
+        if f.id == "next-dose-not-due":  # an order for a day before the dose window opens
+            severity = Severity.CRITICAL
+            reason = f"ordered for {day}, before its window: {f.reason.split(': evaluate')[0]}"
+        findings.append(Finding(f.id, severity, reason, f.evidence, f.source, f.effect))
     if plan.action in FORBIDDEN:
         findings.append(
             finding(

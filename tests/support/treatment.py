@@ -7,7 +7,7 @@ exactly 2.00 m²) unless told otherwise, and the pre-dose results are from the a
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 from tests.support.synth import PatientBuilder, full_workup
 
@@ -16,10 +16,12 @@ C1_MG = (1.6, 1.0, 1.0)
 
 
 def dosing_patient(
-    pid: str, today: date, weight: float = 80, height: float = 180, gender: str = "male"
+    pid: str, today: date, start: int = 0, weight: float = 80, height: float = 180, gender: str = "male"
 ) -> PatientBuilder:
-    """A patient with a complete pre-treatment work-up and today's weight and height."""
-    b = full_workup(PatientBuilder(pid, "1980-03-14", gender, today))
+    """A patient whose complete pre-treatment work-up precedes cycle 1 day 1 (``start`` days ago),
+    with weight and height measured today."""
+    b = full_workup(PatientBuilder(pid, "1980-03-14", gender, today - timedelta(days=start)))
+    b.today = today
     b.lab("body-weight", weight, days_ago=0)
     b.lab("body-height", height, days_ago=0)
     return b
