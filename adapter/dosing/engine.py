@@ -1195,7 +1195,7 @@ class _Engine:
         self,
         cycle: int,
         day: int,
-        level: str,
+        level: str | None,
         bsa: BsaResult | None,
         doses: list[PlannedDose],
         dose_date: date,
