@@ -265,9 +265,11 @@ class _Engine:
         if self.s.levels is None or number == 1:
             return 0
         level = steps
-        if number >= self.s.levels.remission_lower_from_cycle and len(self.cycles) >= 1:
-            prev = self.cycles[number - 2] if number - 2 < len(self.cycles) else self.cycles[-1]
-            found = self.responses(prev.day1, day1 - timedelta(days=1))
+        if number >= self.s.levels.remission_lower_from_cycle and self.history.doses:
+            # "0.6 mg/m²/cycle if haematological remission is achieved in the previous cycle": the
+            # marrow is not examined every cycle, so a remission once recorded keeps the lower level
+            # (the dose is never raised again along a course)
+            found = self.responses(self.first_dose(), day1 - timedelta(days=1))
             if any(rd.coded in self.s.levels.remission_responses for rd in found):
                 level = max(level, 1)
         return min(level, len(self.s.levels.levels) - 1)
@@ -1031,7 +1033,12 @@ class _Engine:
         weight_days = s.freshness.weight_max_age_days
         if s.freshness.weight_before_cycle_days is not None and nxt_day.day == 1:
             weight_days = s.freshness.weight_before_cycle_days
-        bsa = self.bsa(dose_date, weight_days) if due_now or pos.omitted_now else None
+        # an omission plans the next doses ahead: their BSA is today's (re-checked on the day)
+        bsa = (
+            self.bsa(dose_date if due_now else self.as_of, weight_days)
+            if due_now or pos.omitted_now
+            else None
+        )
         if bsa is not None:
             self.weight_change(bsa)
             self.reescalation(bsa)
