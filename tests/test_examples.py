@@ -65,6 +65,28 @@ EXPECTED = {
         "es-valtermed": "ineligible",
         "mdacc-low-dose": "eligible",
     },
+    # On treatment: eligibility is shown as of today (its pre-treatment results are now stale and
+    # MD Anderson's antibody washout sees inotuzumab itself); the start-only criteria no longer
+    # block, and the dose engine decides (docs/dosing.md §Before the first dose).
+    "p09-cycle-2": {
+        "fda-label": "eligible",
+        "nhs-ta514": "eligible",
+        "es-valtermed": "insufficient-data",
+        "mdacc-low-dose": "ineligible",
+    },
+}
+
+# The next-dose action and its mg for each example, per variant (BSA 1.93 m² for p01-p08 with
+# 76.5 kg and 176 cm; p09 2.00 m²).
+EXPECTED_DOSE = {
+    ("p01-ph-neg-relapse", "nhs-ta514"): ("administer", [1.54, 0.97, 0.97]),
+    ("p03-hepatic-review", "nhs-ta514"): ("review", [1.54, 0.97, 0.97]),
+    ("p04-prior-vod", "nhs-ta514"): ("not-eligible", []),
+    ("p05-incomplete", "nhs-ta514"): ("insufficient-data", []),
+    ("p09-cycle-2", "fda-label"): ("administer", [1.0, 1.0, 1.0]),
+    ("p09-cycle-2", "nhs-ta514"): ("administer", [1.0, 1.0, 1.0]),
+    ("p09-cycle-2", "es-valtermed"): ("administer", [1.0, 1.0, 1.0]),
+    ("p09-cycle-2", "mdacc-low-dose"): ("administer", [1.2, 0.6]),
 }
 
 
@@ -81,6 +103,13 @@ def test_each_example_gets_the_expected_decision(variant: str) -> None:
     run = evaluate_path(EXAMPLES_DIR, variant, TODAY)
     got = {r["patient"].removeprefix("Patient/"): r["eligibility"]["status"] for r in run.results}
     assert got == {pid: decisions[variant] for pid, decisions in EXPECTED.items()}
+
+
+@pytest.mark.parametrize(("pid", "variant"), sorted(EXPECTED_DOSE))
+def test_each_example_gets_the_expected_next_dose(pid: str, variant: str) -> None:
+    run = evaluate_path(EXAMPLES_DIR, variant, TODAY)
+    dose = next(r["dose"] for r in run.results if r["patient"] == f"Patient/{pid}")
+    assert (dose["action"], [d["mg"] for d in dose["doses"]]) == EXPECTED_DOSE[(pid, variant)]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -17,7 +17,9 @@ from adapter.api import evaluate_path, evaluate_resources
 from adapter.errors import InputError
 from tests.conftest import TODAY, criterion, eligible_patient
 from tests.support.make_examples import EXAMPLES_DIR
+from tests.test_examples import EXPECTED
 
+N_EXAMPLES = len(EXPECTED)  # example patients in examples/
 
 def run_cli(*args: str) -> Any:
     return CliRunner().invoke(cli.main, list(args), catch_exceptions=False)
@@ -61,8 +63,8 @@ def test_ndjson_and_directory_and_single_resource(tmp_path: Path) -> None:
 
 def test_several_patients_give_one_result_each() -> None:
     run = evaluate_path(EXAMPLES_DIR, "fda-label", TODAY)
-    assert len(run.results) == 8
-    assert len({r["patient"] for r in run.results}) == 8
+    assert len(run.results) == N_EXAMPLES
+    assert len({r["patient"] for r in run.results}) == N_EXAMPLES
 
 
 def test_urn_uuid_references_in_a_transaction_resolve() -> None:
@@ -237,11 +239,11 @@ def test_formats(fmt: str) -> None:
     assert result.exit_code == 0
     if fmt == "json":
         data = json.loads(result.stdout)
-        assert isinstance(data, list) and len(data) == 8
+        assert isinstance(data, list) and len(data) == N_EXAMPLES
         assert data[0]["contract"] == "1"
     elif fmt == "ndjson":
         rows = [json.loads(line) for line in result.stdout.splitlines()]
-        assert {r["protocol"] for r in rows} == {"mdacc-low-dose"} and len(rows) == 8
+        assert {r["protocol"] for r in rows} == {"mdacc-low-dose"} and len(rows) == N_EXAMPLES
     else:
         assert "Patient/p07-adolescent" in result.stdout and "ELIGIBLE" in result.stdout
 

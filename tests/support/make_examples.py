@@ -103,6 +103,26 @@ def p08() -> PatientBuilder:
     return b
 
 
+def p09() -> PatientBuilder:
+    """On treatment: cycle 1 given 21 days ago (days 1, 8, 15); complete remission on the day-21
+    marrow; cycle 2 day 1 due today with today's results (weight 80 kg, height 180 cm: BSA 2.00 m²)."""
+    from datetime import timedelta
+
+    from tests.support.treatment import give, pre_dose_labs
+
+    b = PatientBuilder(
+        "p09-cycle-2", "1972-06-30", "male", TODAY - timedelta(days=21), family="Okafor", given="Ben"
+    )
+    full_workup(b)
+    b.today = TODAY
+    b.lab("body-weight", 80, days_ago=0)
+    b.lab("body-height", 180, days_ago=0)
+    give(b, 21, [(0, 1.6), (7, 1.0), (14, 1.0)])
+    b.fact("response", "CR", days_ago=1)
+    b.fact("mrd", "positive", days_ago=1)
+    return pre_dose_labs(b)
+
+
 BUNDLES: dict[str, Callable[[], PatientBuilder]] = {
     "p01-ph-neg-relapse.json": p01,
     "p02-ph-pos-after-tki.json": p02,
@@ -111,6 +131,7 @@ BUNDLES: dict[str, Callable[[], PatientBuilder]] = {
     "p05-incomplete.json": p05,
     "p06-recent-hsct.json": p06,
     "p07-adolescent.json": p07,
+    "p09-cycle-2.json": p09,
 }
 NDJSON: dict[str, Callable[[], PatientBuilder]] = {"bulk-export": p08}
 
