@@ -610,3 +610,29 @@ def test_md_anderson_needs_weight_within_7_days_of_day_1() -> None:
     b.lab("body-weight", 80, days_ago=9)
     b.fact("response", "CR", days_ago=1)
     assert plan(b, "mdacc-low-dose")["action"] == "insufficient-data"
+
+
+# -- where the patient is ------------------------------------------------------------------------
+def test_treatment_block_shows_cycles_responses_omissions_and_interruptions() -> None:
+    # cycle 1 days 1 and 15 (day 8 lost), CRi; cycle 2 after a 14-day interruption with a liver rise
+    b = patient(21 + 14 + 14, [(0, 1.6), (14, 1.0), (35, 0.75)])
+    b.fact("response", "CRi", days_ago=30)
+    b.fact("response", "PR", days_ago=29)  # a second assessment in cycle 1: CRi is the best
+    b.lab("bilirubin-total", 45, days_ago=20)
+    d = plan(b, "nhs-ta514")
+    t = d["treatment"]
+    assert [(c["cycle"], c["day1"], [x["day"] for x in c["doses"]]) for c in t["cycles"]] == [
+        (1, "2026-10-03", [1, 15]),
+        (2, "2026-11-07", [1]),
+    ]
+    assert t["cycles"][0]["omitted_days"] == [8] and t["cycles"][0]["best_response"] == "CRi"
+    assert t["cycles"][1]["dose_level"] == "-1" and t["reductions"] == 1
+    [gap] = [i for i in t["interruptions"] if i["days"] >= 14]
+    assert (gap["from"], gap["to"], gap["days"]) == ("2026-10-24", "2026-11-07", 14)
+    assert gap["toxicity_evidence"]
+    # today is day 15 of cycle 2: day 8 was omitted, day 15 is due (window: day 14 to day 21)
+    assert (d["cycle"], d["day"], d["next_dose_window"]) == (
+        2,
+        15,
+        {"earliest": "2026-11-20", "latest": "2026-11-27"},
+    )

@@ -84,6 +84,8 @@ class DosePlan:
     #: the date the next dose is planned for (the as-of date when it is due now)
     dose_date: date | None = None
     interruption_days: int = 0
+    window: tuple[date, date | None] | None = None
+    treatment: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -95,6 +97,14 @@ class DosePlan:
             "cycles_started": self.cycles_started,
             "last_dose": self.last_dose.isoformat() if self.last_dose else None,
             "next_dose_date": self.dose_date.isoformat() if self.dose_date else None,
+            "next_dose_window": (
+                {
+                    "earliest": self.window[0].isoformat(),
+                    "latest": self.window[1].isoformat() if self.window[1] else None,
+                }
+                if self.window
+                else None
+            ),
             "interruption_days": self.interruption_days,
             "bsa_m2": float(self.bsa.m2) if self.bsa else None,
             "bsa_formula": self.bsa.formula if self.bsa else None,
@@ -104,6 +114,7 @@ class DosePlan:
             "preparation": preparation_json(self.product),
             "premedication": self.premedication,
             "advice": self.advice,
+            "treatment": self.treatment,
         }
 
 
@@ -141,6 +152,7 @@ class Position:
     due: date
     interruption_start: date | None
     omitted_now: list[int]
+    latest: date | None = None  # the last day the next dose is on time
 
 
 class _Engine:
@@ -164,6 +176,7 @@ class _Engine:
         self.interruptions: list[Interruption] = []
         self.unexplained_steps = 0
         self.current_interruption: Interruption | None = None
+        self.pos: Position | None = None
 
     # -- helpers ------------------------------------------------------------------------------
     def add(self, *args: Any, **kwargs: Any) -> None:
@@ -374,7 +387,9 @@ class _Engine:
             earliest = max(
                 cyc.nominal(d) - timedelta(days=w.early_days), prev + timedelta(days=w.min_days_between_doses)
             )
-            return Position(cyc.number, d, False, earliest, due, first_pending_due, omitted)
+            return Position(
+                cyc.number, d, False, earliest, due, first_pending_due, omitted, self.latest_for(cyc, d)
+            )
         sched = cyc.schedule
         due = max(
             cyc.day1 + timedelta(days=sched.length_days), prev + timedelta(days=w.min_days_between_doses)
@@ -390,7 +405,8 @@ class _Engine:
             earliest = min(earliest, max(restart, prev + timedelta(days=w.min_days_between_doses)))
             due = min(due, max(earliest, self.as_of))
         start = first_pending_due or cyc.day1 + timedelta(days=sched.latest_next_days)
-        return Position(cyc.number + 1, None, True, earliest, due, start, omitted)
+        latest_day = cyc.day1 + timedelta(days=sched.latest_next_days)
+        return Position(cyc.number + 1, None, True, earliest, due, start, omitted, max(latest_day, earliest))
 
     # -- BSA ----------------------------------------------------------------------------------
     def bsa(self, on: date, weight_days: int) -> BsaResult | None:
@@ -876,6 +892,7 @@ class _Engine:
             return self._first_dose(eligibility)
         self.replay()
         pos = self.position()
+        self.pos = pos
         return self._continuation(pos)
 
     def _first_dose(self, eligibility: Eligibility | None) -> DosePlan:
@@ -1244,7 +1261,73 @@ class _Engine:
             product=load_product(),
             dose_date=dose_date,
             interruption_days=inter_days,
+            window=(self.pos.earliest, self.pos.latest) if self.pos is not None else None,
+            treatment=self.treatment_json(),
         )
+
+    def treatment_json(self) -> dict[str, Any]:
+        """Where the patient is: cycles with their doses, omissions, best response and MRD;
+        interruptions; toxicity reductions; graded conditions since the first dose."""
+        if not self.cycles:
+            return {"cycles": [], "interruptions": [], "reductions": 0, "toxicities": []}
+        rank = {"CR": 0, "CRi": 1, "CRp": 2, "PR": 3, "NR": 4, "PD": 5}
+        out_cycles = []
+        for i, cyc in enumerate(self.cycles):
+            end = self.cycles[i + 1].day1 - timedelta(days=1) if i + 1 < len(self.cycles) else self.as_of
+            found = sorted(self.responses(cyc.day1, end), key=lambda r: rank.get(r.coded or "", 9))
+            mrd = [r for r in self.r.readings.get("mrd", ()) if cyc.day1 <= r.day <= end]
+            level = (
+                LEVEL_NAMES[min(self.level_for(cyc.number, cyc.day1, cyc.steps), 2)]
+                if self.s.levels is not None
+                else LEVEL_NAMES[min(cyc.steps, 2)]
+            )
+            out_cycles.append(
+                {
+                    "cycle": cyc.number,
+                    "day1": cyc.day1.isoformat(),
+                    "dose_level": level if cyc.number > 1 else "0",
+                    "doses": [
+                        {"day": day, "date": g.day.isoformat(), "mg": g.mg, "evidence": list(g.refs)}
+                        for day, g in sorted(cyc.given.items())
+                    ],
+                    "omitted_days": sorted(cyc.omitted),
+                    "best_response": found[0].coded if found else None,
+                    "response_evidence": [r.ref for r in found[:1]],
+                    "mrd": mrd[0].text() if mrd else None,
+                }
+            )
+        start = self.first_dose()
+        toxicities = [
+            {
+                "concept": c.concept,
+                "display": c.display,
+                "grade": c.grade,
+                "onset": str(c.onset) if c.onset else None,
+                "active": c.active,
+                "evidence": [c.ref],
+            }
+            for facts in self.r.conditions.values()
+            for c in facts
+            if c.concept not in self.s.toxicity.disease_concepts
+            and (c.grade is not None or c.concept in (VOD, INFUSION_REACTION))
+            and self._since(c, start)
+        ]
+        return {
+            "cycles": out_cycles,
+            "interruptions": [
+                {
+                    "from": i.start.isoformat(),
+                    "to": i.end.isoformat(),
+                    "days": i.days,
+                    "ongoing": i.ongoing,
+                    "toxicity_evidence": list(i.toxicity or ()),
+                }
+                for i in self.interruptions
+                + ([self.current_interruption] if self.current_interruption else [])
+            ],
+            "reductions": self.cycles[-1].steps + (1 if self.current_interruption else 0),
+            "toxicities": toxicities,
+        }
 
     def _candidate(self) -> bool:
         sel = latest(self.r, "hsct-candidate", self.as_of, None, self.accept_preliminary)
