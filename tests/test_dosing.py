@@ -352,6 +352,15 @@ def test_vod_on_treatment_discontinues(variant: str) -> None:
     assert plan(b, variant)["action"] == "discontinue"
 
 
+@pytest.mark.parametrize(("variant", "action"), [("mdacc-low-dose", "discontinue"), ("nhs-ta514", "delay")])
+def test_severe_liver_toxicity(variant: str, action: str) -> None:
+    b = patient(7, C1[:1])
+    b.toxicity(
+        "Toxic liver disease", 3, onset_days_ago=3, system="http://hl7.org/fhir/sid/icd-10-cm", code="K71.6"
+    )
+    assert plan(b, variant)["action"] == action
+
+
 @pytest.mark.parametrize(("variant", "action"), [("mdacc-low-dose", "discontinue"), ("nhs-ta514", "review")])
 def test_suspected_vod(variant: str, action: str) -> None:
     b = patient(14, C1[:2])

@@ -21,6 +21,7 @@ from tests.test_examples import EXPECTED
 
 N_EXAMPLES = len(EXPECTED)  # example patients in examples/
 
+
 def run_cli(*args: str) -> Any:
     return CliRunner().invoke(cli.main, list(args), catch_exceptions=False)
 

@@ -669,6 +669,16 @@ class _Engine:
                     effect=Action.REVIEW if c.grade is None else None,
                     severity=Severity.WARNING,
                 )
+        for c in self.r.conditions.get("liver-toxicity", ()):
+            if tx.severe_liver_toxicity_action and c.active and (c.grade or 0) >= 3 and self._since(c, start):
+                self.add(
+                    "severe-liver-toxicity",
+                    f"severe liver toxicity ({c.display or 'toxic liver disease'}, grade {c.grade}, "
+                    f"{c.ref}): discontinue permanently",
+                    tx.vod_source,
+                    (c.ref,),
+                    effect=tx.severe_liver_toxicity_action,
+                )
         for a in self.r.allergies.get("inotuzumab-hypersensitivity", ()):
             if a.active:
                 self.add(

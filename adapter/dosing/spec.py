@@ -169,6 +169,8 @@ class Toxicity(_Model):
     source: str
     vod_unconfirmed_action: Action
     vod_source: str
+    #: MD Anderson: other severe (grade ≥ 3) liver toxicity discontinues permanently
+    severe_liver_toxicity_action: Action | None = None
     infusion_reaction_source: str
     #: conditions that are the disease itself, not a toxicity of treatment
     disease_concepts: tuple[str, ...]
