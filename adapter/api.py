@@ -21,7 +21,7 @@ from adapter.dosing.bsa import Formula
 from adapter.dosing.engine import plan_next_dose
 from adapter.eligibility.engine import evaluate_eligibility
 from adapter.eligibility.results import Eligibility
-from adapter.errors import InputError
+from adapter.errors import InputError, MappingTableError
 from adapter.input.reader import InputBatch, read_input, read_resources
 from adapter.input.validate import validate_all
 from adapter.mapping.record import build_records
@@ -54,6 +54,29 @@ def eligibility_json(e: Eligibility) -> dict[str, Any]:
     }
 
 
+def dose_error_json(exc: Exception) -> dict[str, Any]:
+    """The dose block when the engine failed: no dose, and the reason (without patient data)."""
+    return {
+        "action": "insufficient-data",
+        "cycle": None,
+        "day": None,
+        "dose_level": None,
+        "bsa_m2": None,
+        "bsa_formula": None,
+        "doses": [],
+        "findings": [
+            {
+                "id": "internal-error",
+                "severity": "critical",
+                "reason": f"internal error in the dose engine ({type(exc).__name__}); no dose is proposed",
+                "evidence": [],
+                "source": "docs/dosing.md §Actions",
+                "effect": "insufficient-data",
+            }
+        ],
+    }
+
+
 def evaluate_batch(
     batch: InputBatch,
     protocol: str,
@@ -72,9 +95,14 @@ def evaluate_batch(
     run = EvaluationRun(ignored=batch.ignored, orphans=records.orphans)
     for record in records.records:
         eligibility = evaluate_eligibility(record, variant, as_of)
-        plan = plan_next_dose(
-            record, variant.name, as_of, eligibility, bsa_formula, variant.accept_preliminary
-        )
+        try:
+            dose = plan_next_dose(
+                record, variant.name, as_of, eligibility, bsa_formula, variant.accept_preliminary
+            ).as_json()
+        except MappingTableError:
+            raise
+        except Exception as exc:  # a bug in the dose engine must never become a dose
+            dose = dose_error_json(exc)
         run.results.append(
             {
                 "contract": CONTRACT_VERSION,
@@ -82,7 +110,7 @@ def evaluate_batch(
                 "protocol": variant.name,
                 "as_of": as_of.isoformat(),
                 "eligibility": eligibility_json(eligibility),
-                "dose": plan.as_json(),
+                "dose": dose,
             }
         )
     return run
