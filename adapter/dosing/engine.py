@@ -126,6 +126,7 @@ class Cycle:
     days: tuple[DoseDay, ...]  # the days of this cycle (two doses after the second reduction)
     steps: int  # toxicity reductions in force for this cycle
     schedule: CycleSchedule
+    level: int = 0  # MD Anderson dose level index (0, 1, 2); 0 elsewhere
     given: dict[int, GivenDose] = field(default_factory=dict)
     omitted: list[int] = field(default_factory=list)
     last_index: int = -1  # index in days of the last matched day
@@ -289,11 +290,12 @@ class _Engine:
 
     def new_cycle(self, number: int, day1: date, steps: int) -> Cycle:
         remission = self.remission_before(day1 - timedelta(days=1)) if number > 1 else None
-        schedule = self.schedule_for(number, remission, self.level_for(number, day1, steps))
+        level = self.level_for(number, day1, steps)
+        schedule = self.schedule_for(number, remission, level)
         if schedule is None:  # label/UK/Spain with unknown response: the days are the same either way
             assert self.s.later is not None
             schedule = self.s.later.no_remission
-        return Cycle(number, day1, self.days_for(schedule, number, steps), steps, schedule)
+        return Cycle(number, day1, self.days_for(schedule, number, steps), steps, schedule, level)
 
     def replay(self) -> None:
         w = self.s.window
@@ -729,14 +731,14 @@ class _Engine:
         co = self.s.course
         start = self.first_dose()
         n = pos.cycle
-        progressed = [rd for rd in self.responses(start, self.as_of) if rd.coded == "PD"]
-        latest_resp = sorted(self.responses(start, self.as_of), key=lambda x: x.day)
-        if latest_resp and latest_resp[-1].coded == "PD":
+        responses = self.responses(start, self.as_of)
+        latest_resp = max(responses, key=lambda x: x.day, default=None)
+        if latest_resp is not None and latest_resp.coded == "PD":
             self.add(
                 "progression",
-                f"progressive disease recorded on {latest_resp[-1].day} ({latest_resp[-1].ref})",
+                f"progressive disease recorded on {latest_resp.day} ({latest_resp.ref})",
                 co.progression_source,
-                tuple(r.ref for r in progressed),
+                tuple(r.ref for r in responses if r.coded == "PD"),
                 effect=co.progression_action,
             )
         if not pos.new_cycle:
@@ -761,7 +763,6 @@ class _Engine:
                 co.max_cycles_source,
                 effect=Action.REVIEW,
             )
-        responses = self.responses(start, self.as_of)
         evidence = tuple(r.ref for r in responses)
         achieved = any(r.coded in co.stop_responses for r in responses)
         if completed >= co.stop_without_response_after and not achieved:
@@ -817,16 +818,13 @@ class _Engine:
         hs = self.s.hsct
         if completed < hs.cycles:
             return
-        cand_sel = latest(
-            self.r, "hsct-candidate", self.as_of, None, self.accept_preliminary, "HSCT candidacy"
-        )
-        candidate = None if cand_sel.reading is None else cand_sel.reading.coded == "yes"
+        candidate, cand_evidence = self._candidacy()
         if candidate is False:
             return
         in_remission = any(r.coded in REMISSION for r in responses)
         in_cr = any(r.coded == "CR" for r in responses)
         mrd, mrd_ev = self.mrd_negative()
-        evidence = tuple(r.ref for r in responses) + mrd_ev + cand_sel.evidence
+        evidence = tuple(r.ref for r in responses) + mrd_ev + cand_evidence
         action: Action | None
         why: str
         if completed > hs.cycles and hs.third_cycle != "fewest-to-remission":
@@ -1027,7 +1025,7 @@ class _Engine:
             nxt_day = days[0] if days else DoseDay(day=1, mg_per_m2=Decimal(0))
             cycle_day1 = day1
         else:
-            level = self.level_for(cur.number, cur.day1, steps)
+            level = cur.level
             days = cur.days[cur.days.index(pos.day) :] if pos.day is not None else ()
             nxt_day = pos.day or days[0]
             cycle_day1 = cur.day1
@@ -1253,7 +1251,7 @@ class _Engine:
             for a in self.s.advice
             if a.when == "always"
             or (a.when == "cycle-1" and cycle == 1)
-            or (a.when == "hsct-candidate" and self._candidate())
+            or (a.when == "hsct-candidate" and self._candidacy()[0] is True)
         ]
         return DosePlan(
             action=action,
@@ -1286,11 +1284,7 @@ class _Engine:
             end = self.cycles[i + 1].day1 - timedelta(days=1) if i + 1 < len(self.cycles) else self.as_of
             found = sorted(self.responses(cyc.day1, end), key=lambda r: rank.get(r.coded or "", 9))
             mrd = [r for r in self.r.readings.get("mrd", ()) if cyc.day1 <= r.day <= end]
-            level = (
-                LEVEL_NAMES[min(self.level_for(cyc.number, cyc.day1, cyc.steps), 2)]
-                if self.s.levels is not None
-                else LEVEL_NAMES[min(cyc.steps, 2)]
-            )
+            level = LEVEL_NAMES[min(cyc.level if self.s.levels is not None else cyc.steps, 2)]
             out_cycles.append(
                 {
                     "cycle": cyc.number,
@@ -1339,9 +1333,10 @@ class _Engine:
             "toxicities": toxicities,
         }
 
-    def _candidate(self) -> bool:
-        sel = latest(self.r, "hsct-candidate", self.as_of, None, self.accept_preliminary)
-        return sel.reading is not None and sel.reading.coded == "yes"
+    def _candidacy(self) -> tuple[bool | None, tuple[str, ...]]:
+        """Whether the patient is an HSCT candidate (None: not recorded), and the evidence."""
+        sel = latest(self.r, "hsct-candidate", self.as_of, None, self.accept_preliminary, "HSCT candidacy")
+        return (None if sel.reading is None else sel.reading.coded == "yes"), sel.evidence
 
 
 def doses_source(spec: Dosing, cycle: int) -> str:

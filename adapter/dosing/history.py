@@ -38,8 +38,6 @@ class DoseHistory:
     problems: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     #: (reason, evidence) worth telling but not blocking
     notes: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
-    #: future orders (planned date after the as-of date): MedicationRequest refs with their dates
-    future_orders: list[tuple[date, str]] = field(default_factory=list)
 
     @property
     def started(self) -> bool:
@@ -65,9 +63,7 @@ def dose_history(record: PatientRecord, as_of: date, exclude: frozenset[str] = f
         if day is None:
             out.problems.append((f"{e.ref}: inotuzumab {e.resource_type} with {problem}", (e.ref,)))
             continue
-        if day > as_of:
-            if e.resource_type == "MedicationRequest":
-                out.future_orders.append((day, e.ref))
+        if day > as_of:  # a planned dose, not a given one
             continue
         if e.resource_type == "MedicationAdministration" and e.status not in ADMIN_GIVEN:
             out.problems.append(
@@ -124,5 +120,4 @@ def dose_history(record: PatientRecord, as_of: date, exclude: frozenset[str] = f
                 day, best.dose_mg, best.dose_mg_per_m2, refs, best.resource_type, best.status == "stopped"
             )
         )
-    out.future_orders.sort()
     return out

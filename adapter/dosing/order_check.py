@@ -124,9 +124,11 @@ def check_order(
             continue
         severity = Severity.CRITICAL if f.effect in FORBIDDEN else Severity.WARNING
         reason = f.reason
-        if f.id == "next-dose-not-due":  # an order for a day before the dose window opens
+        if f.id == "next-dose-not-due" and plan.window is not None:  # ordered before the window opens
             severity = Severity.CRITICAL
-            reason = f"ordered for {day}, before its window: {f.reason.split(': evaluate')[0]}"
+            reason = (
+                f"ordered for {day}; cycle {plan.cycle} day {plan.day} is not due before {plan.window[0]}"
+            )
         findings.append(Finding(f.id, severity, reason, f.evidence, f.source, f.effect))
     if plan.action in FORBIDDEN:
         findings.append(
