@@ -63,6 +63,29 @@ def _iso_date(value: str) -> date:
         raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from None
 
 
+# Options shared by the commands (one definition each).
+protocol_option = click.option(
+    "--protocol", "-p", type=click.Choice(VARIANTS), required=True, help="Protocol variant to apply."
+)
+mappings_option = click.option(
+    "--mappings",
+    "mappings",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Site mapping table merged over the shipped tables (repeatable).",
+)
+no_validate_option = click.option(
+    "--no-validate", is_flag=True, help="Skip fhir.resources R4B validation (faster; for trusted input)."
+)
+bsa_formula_option = click.option(
+    "--bsa-formula",
+    type=click.Choice(["mosteller", "dubois"]),
+    default="mosteller",
+    show_default=True,
+    help="Body surface area formula for the doses.",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ino-adapter")
 @click.option("--debug", is_flag=True, help="Show tracebacks for internal errors.")
@@ -73,17 +96,9 @@ def main(debug: bool) -> None:
 
 @main.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=True, readable=True))
-@click.option(
-    "--protocol", "-p", type=click.Choice(VARIANTS), required=True, help="Protocol variant to apply."
-)
+@protocol_option
 @click.option("--as-of", callback=_parse_date, metavar="YYYY-MM-DD", help="Evaluation date (default: today).")
-@click.option(
-    "--mappings",
-    "mappings",
-    multiple=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Site mapping table merged over the shipped tables (repeatable).",
-)
+@mappings_option
 @click.option(
     "--format",
     "fmt",
@@ -92,16 +107,8 @@ def main(debug: bool) -> None:
     show_default=True,
     help="json: one object (an array for several patients); ndjson: one line per patient; text: readable.",
 )
-@click.option(
-    "--no-validate", is_flag=True, help="Skip fhir.resources R4B validation (faster; for trusted input)."
-)
-@click.option(
-    "--bsa-formula",
-    type=click.Choice(["mosteller", "dubois"]),
-    default="mosteller",
-    show_default=True,
-    help="Body surface area formula for the doses.",
-)
+@no_validate_option
+@bsa_formula_option
 @handle_errors
 def evaluate(
     input_path: str,
@@ -154,22 +161,14 @@ def evaluate(
     type=click.Path(exists=True, dir_okay=True, readable=True),
     help="The patient's record: Bundle, resource, NDJSON or a directory.",
 )
-@click.option(
-    "--protocol", "-p", type=click.Choice(VARIANTS), required=True, help="Protocol variant to apply."
-)
+@protocol_option
 @click.option(
     "--as-of",
     callback=_parse_optional_date,
     metavar="YYYY-MM-DD",
     help="Check as of this date (default: the order's dose date).",
 )
-@click.option(
-    "--mappings",
-    "mappings",
-    multiple=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Site mapping table merged over the shipped tables (repeatable).",
-)
+@mappings_option
 @click.option(
     "--format",
     "fmt",
@@ -178,13 +177,7 @@ def evaluate(
     show_default=True,
     help="json: the check as one object; text: readable.",
 )
-@click.option(
-    "--bsa-formula",
-    type=click.Choice(["mosteller", "dubois"]),
-    default="mosteller",
-    show_default=True,
-    help="Body surface area formula for the planned dose.",
-)
+@bsa_formula_option
 @click.option(
     "--fail-on",
     type=click.Choice(["never", "warning", "critical"]),
@@ -192,9 +185,7 @@ def evaluate(
     show_default=True,
     help="Exit with status 4 when the verdict reaches this severity.",
 )
-@click.option(
-    "--no-validate", is_flag=True, help="Skip fhir.resources R4B validation (faster; for trusted input)."
-)
+@no_validate_option
 @handle_errors
 def check_order(
     order_path: str,

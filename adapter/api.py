@@ -22,9 +22,9 @@ from adapter.dosing.engine import plan_next_dose
 from adapter.eligibility.engine import evaluate_eligibility
 from adapter.eligibility.results import Eligibility
 from adapter.errors import InputError, MappingTableError
-from adapter.input.reader import InputBatch, read_input, read_resources
+from adapter.input.reader import InputBatch, SourcedResource, read_input, read_resources
 from adapter.input.validate import validate_all
-from adapter.mapping.record import build_records
+from adapter.mapping.record import RecordSet, build_records
 from adapter.mapping.tables import load_tables
 from adapter.protocols import load_variant
 
@@ -77,6 +77,15 @@ def dose_error_json(exc: Exception) -> dict[str, Any]:
     }
 
 
+def map_resources(
+    resources: list[SourcedResource], mappings: Sequence[str], validate: bool
+) -> RecordSet:
+    """Validate (optionally) and map resources into PatientRecords with the merged tables."""
+    tables = load_tables(tuple(str(m) for m in mappings))
+    invalid = validate_all(resources) if validate else {}
+    return build_records(resources, tables, invalid)
+
+
 def evaluate_batch(
     batch: InputBatch,
     protocol: str,
@@ -86,10 +95,8 @@ def evaluate_batch(
     source: str = "input",
     bsa_formula: Formula = "mosteller",
 ) -> EvaluationRun:
-    tables = load_tables(tuple(str(m) for m in mappings))
     variant = load_variant(protocol)
-    invalid = validate_all(batch.resources) if validate else {}
-    records = build_records(batch.resources, tables, invalid)
+    records = map_resources(batch.resources, mappings, validate)
     if not records.records:
         raise InputError(source, "no Patient resource in the input")
     run = EvaluationRun(ignored=batch.ignored, orphans=records.orphans)
@@ -162,9 +169,7 @@ def check_order_path(
     context = read_input(context_path)
     order_ref = resource_ref(order)
     items = [r for r in context.resources if resource_ref(r) != order_ref] + [order]
-    tables = load_tables(tuple(str(m) for m in mappings))
-    invalid = validate_all(items) if validate else {}
-    records = build_records(items, tables, invalid)
+    records = map_resources(items, mappings, validate)
     subject = reference(order.resource.get("subject"))
     record = next((r for r in records.records if subject and r.ref == normalise_reference(subject)), None)
     if record is None:
