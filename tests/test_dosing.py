@@ -217,31 +217,26 @@ def test_day_1_count_hold(variant: str, action: str) -> None:
         assert d["doses"] == []
 
 
-def _low_pretreatment_counts() -> PatientBuilder:
+def _low_pretreatment_counts(anc: float, plt: float) -> PatientBuilder:
+    """Pre-treatment (and cycle 1 baseline) neutrophils 0.8 and platelets 30; cycle 1 given, CRi;
+    cycle 2 day 1 today with the given counts."""
     b = dosing_patient("p", TODAY, 21)
     b.resources = [r for r in b.resources if not {"751-8", "777-3"} & set(str(r.get("code")).split("'"))]
-    b.lab("platelets", 30, days_ago=22)  # pre-treatment (and cycle 1 baseline) counts were low
+    b.lab("platelets", 30, days_ago=22)
     b.lab("neutrophils", 0.8, days_ago=22)
-    return b
-
-
-def test_low_pretreatment_counts_recovered_to_the_previous_baseline() -> None:
-    b = _low_pretreatment_counts()
     give(b, 21, C1)
     b.fact("response", "CRi", days_ago=1)
     b.fact("hsct-candidate", "no", days_ago=0)
-    pre_dose_labs(b, anc=0.9, plt=35)
-    d = plan(b, "nhs-ta514")
+    return pre_dose_labs(b, anc=anc, plt=plt)
+
+
+def test_low_pretreatment_counts_recovered_to_the_previous_baseline() -> None:
+    d = plan(_low_pretreatment_counts(anc=0.9, plt=35), "nhs-ta514")
     assert d["action"] == "administer" and "counts-recovered-to-baseline" in ids(d)
 
 
 def test_low_pretreatment_counts_not_recovered_need_judgement() -> None:
-    b = _low_pretreatment_counts()
-    give(b, 21, C1)
-    b.fact("response", "CRi", days_ago=1)
-    b.fact("hsct-candidate", "no", days_ago=0)
-    pre_dose_labs(b, anc=0.5, plt=20)
-    d = plan(b, "nhs-ta514")
+    d = plan(_low_pretreatment_counts(anc=0.5, plt=20), "nhs-ta514")
     assert d["action"] == "review" and "counts-disease-related" in ids(d, "review")
 
 

@@ -18,22 +18,21 @@ ALL = ("fda-label", "nhs-ta514", "es-valtermed", "mdacc-low-dose")
 C1 = [(0, 1.6), (7, 1.0), (14, 1.0)]
 
 
-def c2_after_cr() -> PatientBuilder:
-    """Cycle 1 given on days 1, 8, 15; CR on the day-21 marrow; cycle 2 day 1 due today."""
-    b = dosing_patient("c2-cr", TODAY, start=21)
+def _cycle_2(pid: str, response: str) -> PatientBuilder:
+    """Cycle 1 given on days 1, 8, 15; ``response`` on the day-21 marrow; cycle 2 day 1 due today."""
+    b = dosing_patient(pid, TODAY, start=21)
     give(b, 21, C1)
-    b.fact("response", "CR", days_ago=1)
+    b.fact("response", response, days_ago=1)
     b.fact("hsct-candidate", "no", days_ago=1)
     return pre_dose_labs(b)
+
+
+def c2_after_cr() -> PatientBuilder:
+    return _cycle_2("c2-cr", "CR")
 
 
 def c2_after_nr() -> PatientBuilder:
-    """As c2_after_cr, but no response after cycle 1."""
-    b = dosing_patient("c2-nr", TODAY, start=21)
-    give(b, 21, C1)
-    b.fact("response", "NR", days_ago=1)
-    b.fact("hsct-candidate", "no", days_ago=1)
-    return pre_dose_labs(b)
+    return _cycle_2("c2-nr", "NR")
 
 
 def interruption_14_days() -> PatientBuilder:
