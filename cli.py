@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from datetime import date
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -44,6 +45,13 @@ def handle_errors(fn: F) -> F:
         return None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _now_instant() -> str:
+    """The current UTC time as a FHIR instant, to the second."""
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _parse_date(_ctx: click.Context, _param: click.Parameter, value: str | None) -> date:
@@ -85,6 +93,13 @@ bsa_formula_option = click.option(
     help="Body surface area formula for the doses.",
 )
 
+site_settings_option = click.option(
+    "--site-settings",
+    type=click.Path(exists=True, dir_okay=False, readable=True),
+    help="YAML site settings for write-back and summaries (intent, id_mode, premedication, "
+    "template_dir); see docs/writeback.md.",
+)
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ino-adapter")
@@ -109,6 +124,14 @@ def main(debug: bool) -> None:
 )
 @no_validate_option
 @bsa_formula_option
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, writable=True),
+    help="Also write, per patient, OUT/<patient id>/<variant>/: evaluation.json, summary.html, "
+    "summary.md and bundle.json (the FHIR transaction that writes the result back).",
+)
+@site_settings_option
 @handle_errors
 def evaluate(
     input_path: str,
@@ -118,6 +141,8 @@ def evaluate(
     fmt: str,
     no_validate: bool,
     bsa_formula: str,
+    out_dir: str | None,
+    site_settings: str | None,
 ) -> None:
     """Evaluate eligibility and the next dose for every patient in INPUT.
 
@@ -150,6 +175,22 @@ def evaluate(
         click.echo(f"ino-adapter: ignored resources the protocol does not use: {counts}", err=True)
     for orphan in run.orphans:
         click.echo(f"ino-adapter: warning: {orphan}", err=True)
+    if out_dir is not None:
+        from adapter.outputs import write_patient
+        from adapter.writeback.settings import load_settings
+
+        settings = load_settings(site_settings)
+        now = _now_instant()
+        for result in run.results:
+            written = write_patient(Path(out_dir), result, now, settings, run.existing)
+            plan = written.plan.summary()
+            click.echo(
+                f"ino-adapter: {result['patient']}: {result['dose']['action']}; wrote {written.folder}/ "
+                f"(bundle: {plan['entries']} entries)",
+                err=True,
+            )
+            for note in plan["not_touched"]:
+                click.echo(f"ino-adapter: not touched: {note}", err=True)
 
 
 @main.command("check-order")
@@ -230,3 +271,61 @@ def check_order(
 
 if __name__ == "__main__":
     main()
+
+
+@main.command()
+@click.argument("evaluation_path", metavar="EVALUATION", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["html", "md"]),
+    default="html",
+    show_default=True,
+    help="html: the printable one-page summary; md: Markdown (reads as plain text too).",
+)
+@click.option(
+    "--previous",
+    "previous_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="An earlier evaluation of the same patient and variant, to say what changed.",
+)
+@click.option(
+    "--template-dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Site templates searched before the packaged ones (overrides site settings).",
+)
+@site_settings_option
+@click.option(
+    "-o",
+    "--output",
+    "output_path",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write to this file instead of standard output.",
+)
+@handle_errors
+def render(
+    evaluation_path: str,
+    fmt: str,
+    previous_path: str | None,
+    template_dir: str | None,
+    site_settings: str | None,
+    output_path: str | None,
+) -> None:
+    """Render the clinician summary of EVALUATION (an evaluation JSON from `evaluate`)."""
+    from adapter.outputs import read_evaluation
+    from adapter.summary.render import render_summary
+    from adapter.writeback.settings import load_settings
+
+    settings = load_settings(site_settings)
+    evaluation = read_evaluation(evaluation_path)
+    previous = read_evaluation(previous_path) if previous_path else None
+    text = render_summary(
+        evaluation,
+        fmt,  # type: ignore[arg-type]
+        previous=previous,
+        template_dir=template_dir or settings.template_dir,
+    )
+    if output_path:
+        Path(output_path).write_text(text, encoding="utf-8")
+    else:
+        click.echo(text, nl=False)

@@ -17,16 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from adapter import CONTRACT_VERSION
+from adapter.domain import PatientRecord
 from adapter.dosing.bsa import Formula
 from adapter.dosing.engine import plan_next_dose
 from adapter.eligibility.engine import evaluate_eligibility
 from adapter.eligibility.results import Eligibility
+from adapter.eligibility.rules import age_years
 from adapter.errors import InputError, MappingTableError
 from adapter.input.reader import InputBatch, SourcedResource, read_input, read_resources
 from adapter.input.validate import validate_all
 from adapter.mapping.record import RecordSet, build_records
 from adapter.mapping.tables import load_tables
-from adapter.protocols import load_variant
+from adapter.protocols import load_variant, ruleset_digest
+from adapter.writeback.bundle import Existing, existing_from_resources
+from adapter.writeback.keys import Key
 
 
 @dataclass(slots=True)
@@ -34,6 +38,8 @@ class EvaluationRun:
     results: list[dict[str, Any]] = field(default_factory=list)
     ignored: Counter[str] = field(default_factory=Counter)  # resource types not used, with counts
     orphans: list[str] = field(default_factory=list)  # resources with no Patient in the input
+    #: Resources in the input written earlier by the adapter (our identifiers), for write-back.
+    existing: dict[Key, Existing] = field(default_factory=dict)
 
 
 def eligibility_json(e: Eligibility) -> dict[str, Any]:
@@ -51,6 +57,23 @@ def eligibility_json(e: Eligibility) -> dict[str, Any]:
             for c in e.criteria
         ],
         "attestations": list(e.attestations),
+    }
+
+
+def subject_json(record: PatientRecord, as_of: date) -> dict[str, Any]:
+    """Who the evaluation is about, for the clinician summary (identity is PHI: never logged)."""
+    born = record.birth_date
+    age: int | None = None
+    if born is not None and born.latest <= as_of:
+        youngest, oldest = age_years(born.latest, as_of), age_years(born.earliest, as_of)
+        age = youngest if youngest == oldest else None
+    return {
+        "reference": record.ref,
+        "name": record.name,
+        "mrn": record.mrn,
+        "birth_date": str(born) if born is not None else None,
+        "age": age,
+        "sex": record.gender,
     }
 
 
@@ -99,7 +122,11 @@ def evaluate_batch(
     records = map_resources(batch.resources, mappings, validate)
     if not records.records:
         raise InputError(source, "no Patient resource in the input")
-    run = EvaluationRun(ignored=batch.ignored, orphans=records.orphans)
+    run = EvaluationRun(
+        ignored=batch.ignored,
+        orphans=records.orphans,
+        existing=existing_from_resources(r.resource for r in batch.resources),
+    )
     for record in records.records:
         eligibility = evaluate_eligibility(record, variant, as_of)
         try:
@@ -115,7 +142,10 @@ def evaluate_batch(
                 "contract": CONTRACT_VERSION,
                 "patient": record.ref,
                 "protocol": variant.name,
+                "protocol_title": variant.title,
+                "ruleset": {"version": variant.version, "digest": ruleset_digest(variant.name)},
                 "as_of": as_of.isoformat(),
+                "subject": subject_json(record, as_of),
                 "eligibility": eligibility_json(eligibility),
                 "dose": dose,
             }

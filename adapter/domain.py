@@ -136,6 +136,9 @@ class PatientRecord:
     birth_date: DateRange | None = None
     birth_problem: str | None = None
     gender: str | None = None
+    #: Display name and medical record number, for the clinician summary only (rules never read them).
+    name: str | None = None
+    mrn: str | None = None
     readings: dict[str, list[Reading]] = field(default_factory=dict)
     unusable: dict[str, list[Unusable]] = field(default_factory=dict)
     conditions: dict[str, list[ConditionFact]] = field(default_factory=dict)

@@ -13,6 +13,7 @@ class ExitCode(IntEnum):
     BAD_INPUT = 2  # unusable input: not JSON, not FHIR, unknown resourceType, no Patient ...
     BAD_MAPPINGS = 3  # a --mappings file or a shipped table is malformed
     ORDER_REJECTED = 4  # check-order --fail-on: the order's verdict reached the given severity
+    FHIR_SERVER = 5  # a FHIR server refused a request, answered with an error, or could not be reached
     INTERNAL = 70  # a bug: reported without a traceback unless --debug
 
 

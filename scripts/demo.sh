@@ -9,5 +9,13 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
 for protocol in fda-label nhs-ta514 es-valtermed mdacc-low-dose; do
   echo "=================== $protocol ==================="
-  .venv/bin/ino-adapter evaluate examples/ --protocol "$protocol" --as-of 2026-11-21 --format text
+  .venv/bin/ino-adapter evaluate examples/ --protocol "$protocol" --as-of 2026-11-21 --format text \
+    --out out/
 done
+echo
+echo "Per patient and variant, out/<patient>/<variant>/ now holds evaluation.json, summary.html,"
+echo "summary.md and bundle.json (the FHIR transaction that writes the result back). For example:"
+ls -1 out/p09-cycle-2/nhs-ta514/
+echo
+echo "------- out/p09-cycle-2/nhs-ta514/summary.md -------"
+cat out/p09-cycle-2/nhs-ta514/summary.md

@@ -9,6 +9,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# Headless Chromium for the summary render test (Debian package; installed only when missing).
+bash scripts/ensure_chromium.sh
+export INO_REQUIRE_BROWSER=1
+# The FHIR test server (sekmet-fhir, own venv under .cache/) and the offline R4 validator
+# (npm @medplum/core, tools/fhir-validator) are installed by the test fixtures on first use.
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== mypy"

@@ -259,7 +259,19 @@ def test_single_patient_json_is_one_object_with_the_contract_keys() -> None:
         "2026-11-21",
     )
     data = json.loads(result.stdout)
-    assert set(data) == {"contract", "patient", "protocol", "as_of", "eligibility", "dose"}
+    assert set(data) == {
+        "contract",
+        "patient",
+        "protocol",
+        "protocol_title",
+        "ruleset",
+        "as_of",
+        "subject",
+        "eligibility",
+        "dose",
+    }
+    assert data["subject"]["mrn"] == "MRN-p01-ph-neg-relapse"  # typed MR identifier
+    assert data["subject"]["age"] == 46
     assert set(data["eligibility"]) == {"status", "criteria", "attestations"}
     assert set(data["dose"]) >= {
         "action",

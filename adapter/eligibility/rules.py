@@ -90,7 +90,7 @@ def _limits_text(lo: float | None, hi: float | None, lo_incl: bool, hi_incl: boo
 
 
 # -- demographics ---------------------------------------------------------------------------
-def _age_years(born: date, on: date) -> int:
+def age_years(born: date, on: date) -> int:
     return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
 
 
@@ -101,8 +101,8 @@ def age_at_least(ctx: RuleContext, years: int) -> Outcome:
         return Outcome(UNKNOWN, rec.birth_problem or "birth date not recorded", (rec.ref,))
     if rec.birth_date.earliest > ctx.as_of:
         return Outcome(UNKNOWN, f"birth date {rec.birth_date} is after the as-of date (age < 0)", (rec.ref,))
-    youngest = _age_years(rec.birth_date.latest, ctx.as_of)
-    oldest = _age_years(rec.birth_date.earliest, ctx.as_of)
+    youngest = age_years(rec.birth_date.latest, ctx.as_of)
+    oldest = age_years(rec.birth_date.earliest, ctx.as_of)
     if youngest >= years:
         return Outcome(MET, f"age {youngest} (born {rec.birth_date}) ≥ {years}", (rec.ref,))
     if oldest < years:
@@ -361,7 +361,7 @@ def _cockcroft_gault(ctx: RuleContext, creatinine: Reading, max_age_days: int | 
         return Outcome(
             UNKNOWN, "creatinine reported as a bound; clearance cannot be estimated", (creatinine.ref,)
         )
-    age = _age_years(rec.birth_date.earliest, ctx.as_of)
+    age = age_years(rec.birth_date.earliest, ctx.as_of)
     scr_mg_dl = creatinine.number / 88.4  # umol/L -> mg/dL
     crcl = (140 - age) * weight.reading.number / (72 * scr_mg_dl)
     return crcl * (0.85 if rec.gender == "female" else 1.0)

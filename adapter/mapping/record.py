@@ -197,7 +197,56 @@ def _patient(r: dict[str, Any], ref: str) -> PatientRecord:
             record.birth_problem = f"Patient.birthDate {birth!r} is not a valid date"
     gender = r.get("gender")
     record.gender = gender if isinstance(gender, str) else None
+    record.name = _display_name(r.get("name"))
+    record.mrn = _mrn(r.get("identifier"))
     return record
+
+
+_NAME_USE_ORDER = ("official", "usual", None)
+_V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+
+
+def _display_name(names: Any) -> str | None:
+    """The official name (else usual, else first unlabelled) as one line; None when there is none."""
+    if not isinstance(names, list):
+        return None
+    usable = [n for n in names if isinstance(n, dict) and n.get("use") not in ("old", "anonymous")]
+    for use in _NAME_USE_ORDER:
+        for n in usable:
+            if n.get("use") == use or use is None:
+                text = n.get("text")
+                if isinstance(text, str) and text.strip():
+                    return text.strip()
+                given = [g for g in n.get("given") or [] if isinstance(g, str)]
+                family = n.get("family") if isinstance(n.get("family"), str) else None
+                parts = [*given, *([family] if family else [])]
+                if parts:
+                    return " ".join(parts)
+    return None
+
+
+def _mrn(identifiers: Any) -> str | None:
+    """The medical record number: the identifier typed MR (HL7 v2-0203); else the only identifier.
+
+    Several untyped identifiers are not guessed between: the summary then shows none.
+    """
+    if not isinstance(identifiers, list):
+        return None
+    ids = [i for i in identifiers if isinstance(i, dict) and isinstance(i.get("value"), str)]
+    typed = [
+        i
+        for i in ids
+        if any(
+            c.get("system") == _V2_0203 and c.get("code") == "MR"
+            for c in ((i.get("type") or {}).get("coding") or [])
+            if isinstance(c, dict)
+        )
+    ]
+    if len(typed) == 1:
+        return str(typed[0]["value"])
+    if not typed and len(ids) == 1:
+        return str(ids[0]["value"])
+    return None
 
 
 class _Mapper:

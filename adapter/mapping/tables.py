@@ -87,7 +87,7 @@ def _parse_code(entry: Any, systems: Mapping[str, str], where: str) -> tuple[str
     return system, code.rstrip("*"), prefix
 
 
-def _load_yaml(path: Path) -> dict[str, Any]:
+def load_yaml_file(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -215,7 +215,7 @@ def load_tables(site_files: tuple[str, ...] = ()) -> Tables:
     t = Tables()
     paths = [MAPPINGS_DIR / name for name in SHIPPED_FILES] + [Path(p) for p in site_files]
     for path in paths:
-        _merge_doc(t, _load_yaml(path), str(path))
+        _merge_doc(t, load_yaml_file(path), str(path))
     _finish(t)
     t.sources = tuple(str(p) for p in paths)
     return t

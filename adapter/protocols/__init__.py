@@ -9,6 +9,7 @@ lists what no data can show and a clinician must confirm.
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,21 @@ class Variant:
     windows: dict[str, int]
     criteria: tuple[CriterionSpec, ...]
     attestations: tuple[str, ...]
+
+
+@functools.cache
+def ruleset_digest(name: str) -> str:
+    """SHA-256 (first 16 hex) of the files that make up a variant's rules: criteria, dosing, product.
+
+    Recorded in each evaluation and in Provenance, so a written decision names the exact rules used.
+    """
+    if name not in VARIANTS:
+        raise MappingTableError(f"unknown protocol variant {name!r} (known: {', '.join(VARIANTS)})")
+    digest = hashlib.sha256()
+    for file in (f"{name}.yaml", f"{name}.dosing.yaml", "product.yaml"):
+        digest.update(file.encode())
+        digest.update((PROTOCOLS_DIR / file).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 @functools.cache

@@ -73,7 +73,15 @@ class PatientBuilder:
         patient: dict[str, Any] = {
             "resourceType": "Patient",
             "id": self.pid,
-            "identifier": [{"system": "urn:oid:2.16.840.1.113883.19.5", "value": f"MRN-{self.pid}"}],
+            "identifier": [
+                {
+                    "type": {
+                        "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]
+                    },
+                    "system": "urn:oid:2.16.840.1.113883.19.5",
+                    "value": f"MRN-{self.pid}",
+                }
+            ],
             "name": [{"family": self.family, "given": [self.given]}],
         }
         if self.gender:
