@@ -227,6 +227,14 @@ def evaluate(
     help="Exit with status 4 when the verdict reaches this severity.",
 )
 @no_validate_option
+@click.option(
+    "--bundle",
+    "bundle_path",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Also write a FHIR transaction Bundle recording each warning or critical finding as a "
+    "DetectedIssue on the order (the order itself is never changed).",
+)
+@site_settings_option
 @handle_errors
 def check_order(
     order_path: str,
@@ -238,6 +246,8 @@ def check_order(
     bsa_formula: str,
     fail_on: str,
     no_validate: bool,
+    bundle_path: str | None,
+    site_settings: str | None,
 ) -> None:
     """Check an inotuzumab ozogamicin MedicationRequest (ORDER) against the plan.
 
@@ -264,6 +274,12 @@ def check_order(
         sys.stdout.buffer.write(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
     else:
         click.echo(render_check(result))
+    if bundle_path is not None:
+        from adapter.writeback.bundle import build_check_transaction
+        from adapter.writeback.settings import load_settings
+
+        plan = build_check_transaction(result, _now_instant(), load_settings(site_settings))
+        Path(bundle_path).write_bytes(orjson.dumps(plan.bundle, option=orjson.OPT_INDENT_2) + b"\n")
     order = ("info", "warning", "critical")
     if fail_on != "never" and order.index(result["verdict"]) >= order.index(fail_on):
         sys.exit(int(ExitCode.ORDER_REJECTED))

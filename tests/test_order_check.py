@@ -128,3 +128,43 @@ def test_fail_on_does_not_trip_on_an_agreeing_order(tmp_path: Path) -> None:
         cli.main, ["check-order", str(o), "--context", str(ctx), "-p", "nhs-ta514", "--fail-on", "warning"]
     )
     assert result.exit_code == 0, result.output
+
+
+def test_bundle_records_each_warning_or_critical_finding_on_the_order(tmp_path: Path) -> None:
+    from adapter.writeback.bundle import build_check_transaction
+
+    b = on_day_8()
+    order = b.inotuzumab_order(0, 0.8)
+    o, ctx = files(tmp_path, b, order)
+    out = tmp_path / "issues.json"
+    result = CliRunner().invoke(
+        cli.main,
+        ["check-order", str(o), "--context", str(ctx), "-p", "nhs-ta514", "--bundle", str(out)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    bundle = json.loads(out.read_text())
+    issues = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DetectedIssue"]
+    (mismatch,) = [i for i in issues if i["code"]["text"] == "dose-mismatch"]
+    assert mismatch["severity"] == "high"
+    assert mismatch["implicated"] == [{"reference": f"MedicationRequest/{order['id']}"}]
+    assert "0.8 mg" in mismatch["detail"] and "planned 1.00 mg" in mismatch["detail"]
+    assert not any(e["resource"]["resourceType"] == "MedicationRequest" for e in bundle["entry"])
+    (prov,) = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Provenance"]
+    assert {"reference": f"MedicationRequest/{order['id']}"} in [x["what"] for x in prov["entity"]]
+    # an order that agrees raises no issue, so nothing is written
+    good = on_day_8()
+    checked = check(tmp_path, good, good.inotuzumab_order(0, 1.0))
+    assert build_check_transaction(checked, "2026-11-21T09:00:00Z").bundle["entry"] == []
+
+
+def test_the_check_bundle_passes_the_r4_structure_definitions(tmp_path: Path, r4_validator: Any) -> None:
+    from adapter.writeback.bundle import build_check_transaction
+    from tests.support.r4_validator import format_issues
+
+    b = on_day_8()
+    checked = check(tmp_path, b, b.inotuzumab_order(0, 0.8))
+    bundle = build_check_transaction(checked, "2026-11-21T09:00:00Z").bundle
+    assert len(bundle["entry"]) == 3  # Device, DetectedIssue, Provenance
+    issues = r4_validator(bundle)
+    assert not issues, format_issues(issues)

@@ -226,12 +226,14 @@ def _protocol(evaluation: Mapping[str, Any], info: Mapping[str, Any] | None) -> 
     """The variant: id, human title, its source file ("" when unknown) and file version."""
     pid = _text(evaluation.get("protocol"))
     info = _map(info)
-    title = info.get("title") or VARIANT_LABELS.get(pid) or pid
+    ruleset = _map(evaluation.get("ruleset"))  # what the evaluation itself used (0.3.0+) wins
+    title = evaluation.get("protocol_title") or info.get("title") or VARIANT_LABELS.get(pid) or pid
     return {
         "id": pid,
         "title": _text(title),
         "source_file": _text(info.get("source_file"), ""),
-        "version": _text(info.get("version")),
+        "version": _text(ruleset.get("version") or info.get("version")),
+        "digest": _text(ruleset.get("digest"), ""),
     }
 
 
@@ -746,7 +748,7 @@ def build_view(
         "footer": {
             "adapter_version": __version__,
             "contract": _text(evaluation.get("contract"), CONTRACT_VERSION),
-            "generated_at": _text(generated_at),
+            "generated_at": _text(generated_at, ""),  # "" when not given: the footer omits it
             "disclaimer": "Decision support only — verify against the source protocol before prescribing.",
         },
     }

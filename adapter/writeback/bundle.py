@@ -203,7 +203,7 @@ class _Assembler:
         dose = self.ev.get("dose") or {}
         inputs = dose.get("bsa_inputs") or {}
         refs = [inputs.get("weight") or "", inputs.get("height") or ""]
-        for c in self.ev["eligibility"]["criteria"]:
+        for c in (self.ev.get("eligibility") or {}).get("criteria") or []:
             refs += c.get("evidence") or []
         for f in dose.get("findings") or []:
             refs += f.get("evidence") or []
@@ -278,11 +278,63 @@ class _Assembler:
                     self.codes, summary_key, self.ev, dict(summaries), orders, self.now, device_ref
                 ),
             )
+        return self.finish(device_ref)
+
+    def assemble_check(self, check: dict[str, Any]) -> WritePlan:
+        """DetectedIssues for an order someone else wrote (check-order): one per warning or critical
+        finding, implicating that order; the order itself is never touched."""
+        device_ref = self.device()
+        order = str(check["order"])
+        anchor = f"check-{short_hash(order)}"
+        self.finding_issues(
+            check.get("findings") or [],
+            anchor,
+            device_ref,
+            implicated=[order],
+            prefix=f"Order check ({check.get('order_date') or 'date unknown'}): ",
+            exclude=order,
+        )
+        return self.finish(device_ref)
+
+    def finish(self, device_ref: str) -> WritePlan:
+        """Add the Provenance of what is written; with nothing new, send nothing (not even the Device)."""
         if self.written:
             self.provenance(device_ref)
-        else:  # nothing new: not even the Device is worth a request
+        else:
             self.plan.bundle["entry"] = []
         return self.plan
+
+    def finding_issues(
+        self,
+        findings: list[dict[str, Any]],
+        anchor: str,
+        device_ref: str,
+        implicated: list[str],
+        prefix: str = "",
+        exclude: str | None = None,
+    ) -> None:
+        """A DetectedIssue per warning or critical finding, implicating ``implicated`` (else its evidence)."""
+        severity = self.codes.detected_issue.severity
+        for f in findings:
+            sev = severity.get(f.get("severity", ""))
+            if sev is None:
+                continue
+            key = self.key(self.systems.issue, f["id"], anchor)
+            evidence = [r for r in f.get("evidence") or [] if "/" in r and r != exclude]
+            issue = build.detected_issue(
+                self.codes,
+                key,
+                self.ev,
+                f["id"],
+                sev,
+                prefix + f["reason"],
+                f.get("source"),
+                implicated or evidence,
+                evidence,
+                self.now,
+                device_ref,
+            )
+            self.put(key, issue)
 
     def order_notes(self) -> list[str]:
         dose = self.ev["dose"]
@@ -301,32 +353,10 @@ class _Assembler:
 
     def issues(self, orders: list[str], device_ref: str) -> None:
         dose = self.ev.get("dose") or {}
-        severity = self.codes.detected_issue.severity
         anchor = (
             f"c{dose['cycle']}.d{dose['day']}" if dose.get("cycle") and dose.get("day") else self.ev["as_of"]
         )
-        for f in dose.get("findings") or []:
-            sev = severity.get(f.get("severity", ""))
-            if sev is None:
-                continue
-            key = self.key(self.systems.issue, f["id"], anchor)
-            evidence = [r for r in f.get("evidence") or [] if "/" in r]
-            self.put(
-                key,
-                build.detected_issue(
-                    self.codes,
-                    key,
-                    self.ev,
-                    f["id"],
-                    sev,
-                    f["reason"],
-                    f.get("source"),
-                    orders or evidence,
-                    evidence,
-                    self.now,
-                    device_ref,
-                ),
-            )
+        self.finding_issues(dose.get("findings") or [], anchor, device_ref, implicated=orders)
         if dose.get("treatment_started"):
             return  # criteria judged as of today are for reference once treatment runs (docs/writeback.md)
         criterion_severity = self.codes.detected_issue.criterion_severity
@@ -393,7 +423,9 @@ class _Assembler:
             short_hash(*sorted(f"{k.token()}#{h}" for k, _, h in self.written), length=32),
         )
         entities = [
-            r for r in [self.ev["patient"], *self.evidence_refs()] if "/" in r and not r.startswith("urn:")
+            r
+            for r in [self.ev["patient"], *self.ev.get("order_refs", []), *self.evidence_refs()]
+            if "/" in r and not r.startswith("urn:")
         ]
         self.put(pkey, build.provenance(self.codes, pkey, self.ev, targets, entities, self.now, device_ref))
 
@@ -413,3 +445,21 @@ def build_transaction(
     return _Assembler(evaluation, settings or WriteSettings(), now, existing or {}, load_codes()).assemble(
         summaries
     )
+
+
+def build_check_transaction(
+    check: dict[str, Any],
+    now: str,
+    settings: WriteSettings | None = None,
+    existing: Mapping[Key, Existing] | None = None,
+) -> WritePlan:
+    """The transaction Bundle that records a check-order result as DetectedIssues on the order."""
+    context = {
+        "patient": check["patient"],
+        "protocol": check["protocol"],
+        "as_of": check.get("order_date") or "",
+        "order_refs": [check["order"]],
+        "dose": {"findings": check.get("findings") or []},
+    }
+    assembler = _Assembler(context, settings or WriteSettings(), now, existing or {}, load_codes())
+    return assembler.assemble_check(check)
