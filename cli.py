@@ -181,8 +181,9 @@ def evaluate(
 
         settings = load_settings(site_settings)
         now = _now_instant()
+        existing = run.existing()
         for result in run.results:
-            written = write_patient(Path(out_dir), result, now, settings, run.existing)
+            written = write_patient(Path(out_dir), result, now, settings, existing)
             plan = written.plan.summary()
             click.echo(
                 f"ino-adapter: {result['patient']}: {result['dose']['action']}; wrote {written.folder}/ "

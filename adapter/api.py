@@ -38,8 +38,15 @@ class EvaluationRun:
     results: list[dict[str, Any]] = field(default_factory=list)
     ignored: Counter[str] = field(default_factory=Counter)  # resource types not used, with counts
     orphans: list[str] = field(default_factory=list)  # resources with no Patient in the input
-    #: Resources in the input written earlier by the adapter (our identifiers), for write-back.
-    existing: dict[Key, Existing] = field(default_factory=dict)
+    #: The input's resources, kept (not copied) so that write-back can index them on demand.
+    sources: list[SourcedResource] = field(default_factory=list)
+
+    def existing(self) -> dict[Key, Existing]:
+        """Resources in the input written earlier by the adapter (our identifiers), for write-back.
+
+        Computed only when asked (``evaluate --out``), so a plain evaluation does no write-back work.
+        """
+        return existing_from_resources(r.resource for r in self.sources)
 
 
 def eligibility_json(e: Eligibility) -> dict[str, Any]:
@@ -100,9 +107,7 @@ def dose_error_json(exc: Exception) -> dict[str, Any]:
     }
 
 
-def map_resources(
-    resources: list[SourcedResource], mappings: Sequence[str], validate: bool
-) -> RecordSet:
+def map_resources(resources: list[SourcedResource], mappings: Sequence[str], validate: bool) -> RecordSet:
     """Validate (optionally) and map resources into PatientRecords with the merged tables."""
     tables = load_tables(tuple(str(m) for m in mappings))
     invalid = validate_all(resources) if validate else {}
@@ -125,7 +130,7 @@ def evaluate_batch(
     run = EvaluationRun(
         ignored=batch.ignored,
         orphans=records.orphans,
-        existing=existing_from_resources(r.resource for r in batch.resources),
+        sources=batch.resources,
     )
     for record in records.records:
         eligibility = evaluate_eligibility(record, variant, as_of)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import json
 from typing import Any
 
 import pytest
@@ -278,10 +279,10 @@ def _as_stored(bundle: dict[str, Any], version: str = "1", status: str | None = 
     urls = {
         e["fullUrl"]: f"{r['resourceType']}/{r['id']}" for e, r in zip(bundle["entry"], stored, strict=True)
     }
-    text = __import__("json").dumps(stored)
+    text = json.dumps(stored)
     for url, ref in urls.items():
         text = text.replace(url, ref)
-    out: list[dict[str, Any]] = __import__("json").loads(text)
+    out: list[dict[str, Any]] = json.loads(text)
     return out
 
 

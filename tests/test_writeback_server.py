@@ -93,6 +93,14 @@ def ours(client: FhirClient, patient: str) -> Counter[str]:
     return counts
 
 
+def proposals_by_day(client: FhirClient, patient: str) -> dict[str, dict[str, Any]]:
+    """The patient's dose proposals on the server, keyed by the day part of their identifier ("d8")."""
+    return {
+        o["identifier"][0]["value"].rsplit(".", 1)[-1]: o
+        for o in client.search("MedicationRequest", {"subject": patient})
+    }
+
+
 def test_applying_the_same_bundle_twice_leaves_exactly_one_of_each(fhir_client: FhirClient) -> None:
     record = load_example("p09-cycle-2", "twice")
     seed(fhir_client, record)
@@ -141,10 +149,7 @@ def test_a_changed_plan_updates_the_still_draft_proposal_with_if_match(fhir_clie
     changed["dose"]["doses"][2]["mg"] = 0.9
     result = write_back(fhir_client, changed, SUMMARIES, NOW)
     assert [u.split()[0] for u in result.plan.updated] == ["MedicationRequest"]
-    orders = {
-        o["identifier"][0]["value"].rsplit(".", 1)[-1]: o
-        for o in fhir_client.search("MedicationRequest", {"subject": ev["patient"]})
-    }
+    orders = proposals_by_day(fhir_client, ev["patient"])
     assert len(orders) == 3
     day15 = orders["d15"]
     assert day15["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 0.9
@@ -166,11 +171,7 @@ def test_a_concurrent_change_to_the_draft_makes_the_update_fail_not_overwrite(
 
     stale = fetch_existing(fhir_client, build_transaction(changed, SUMMARIES, NOW))
     # a pharmacist edits the draft between our read and our write
-    draft = next(
-        o
-        for o in fhir_client.search("MedicationRequest", {"subject": ev["patient"]})
-        if o["identifier"][0]["value"].endswith(".d1")
-    )
+    draft = proposals_by_day(fhir_client, ev["patient"])["d1"]
     draft["note"] = [*draft.get("note", []), {"text": "checked by pharmacy"}]
     fhir_client.update(draft)
     plan = build_transaction(changed, SUMMARIES, NOW, existing=stale)
@@ -185,11 +186,7 @@ def test_a_signed_order_is_left_alone_and_a_detected_issue_is_raised(fhir_client
     seed(fhir_client, record)
     ev = evaluate(record)
     write_back(fhir_client, ev, SUMMARIES, NOW)
-    order = next(
-        o
-        for o in fhir_client.search("MedicationRequest", {"subject": ev["patient"]})
-        if o["identifier"][0]["value"].endswith(".d8")
-    )
+    order = proposals_by_day(fhir_client, ev["patient"])["d8"]
     order["status"] = "active"  # the prescriber signs
     fhir_client.update(order)
     changed = copy.deepcopy(ev)

@@ -73,8 +73,9 @@ class WritePlan:
 
 def existing_from_resources(resources: Iterable[dict[str, Any]]) -> dict[Key, Existing]:
     """Index resources (a search result or the input record) by our business identifiers / tags."""
-    systems = set(load_codes().identifier_systems.model_dump().values())
-    tag_system = load_codes().provenance_tag_system
+    codes = load_codes()
+    systems = set(codes.identifier_systems.model_dump().values())
+    tag_system = codes.provenance_tag_system
     out: dict[Key, Existing] = {}
     for r in resources:
         rtype, rid = r.get("resourceType"), r.get("id")
@@ -127,16 +128,6 @@ class _Assembler:
         self.plan = WritePlan(bundle={"resourceType": "Bundle", "type": "transaction", "entry": []})
         self.written: list[tuple[Key, str, str]] = []  # (key, reference, content hash) created/updated
         self.differs: list[Key] = []  # signed orders (not drafts) whose dose the new plan changes
-
-    # -- references ------------------------------------------------------------------------
-    def ref(self, key: Key, rtype: str) -> str:
-        """How other resources in this Bundle refer to the one with ``key``."""
-        found = self.existing.get(key)
-        if found is not None:
-            return found.ref
-        if self.settings.id_mode == "put":
-            return f"{rtype}/{resource_id(key)}"
-        return full_url(key)
 
     def key(self, system: str, *parts: object) -> Key:
         return Key(system, ".".join([self.pkey, self.ev["protocol"], *(str(p) for p in parts)]))
@@ -194,7 +185,7 @@ class _Assembler:
         from adapter import __version__
 
         key = Key(self.systems.software, f"ino-adapter-{__version__}")
-        ref = self.put(key, build.software_device(self.codes, key))
+        ref = self.put(key, build.software_device(key))
         self.written = [w for w in self.written if w[0] != key]  # on its own it is no reason to write
         return ref
 
@@ -224,8 +215,7 @@ class _Assembler:
         if doses and dose.get("action") not in build.DOSE_ACTIONS:
             raise ValueError(f"doses listed for action {dose.get('action')!r}: refusing to write them")
         device_ref = self.device()
-        observations = [r for r in self.evidence_refs() if r.startswith("Observation/")]
-        supporting = list(observations)
+        supporting = [r for r in self.evidence_refs() if r.startswith("Observation/")]
         if doses:
             if dose.get("bsa_m2") is None or dose.get("cycle") is None:
                 raise ValueError("doses listed without a BSA or cycle: refusing to write them")
@@ -242,6 +232,7 @@ class _Assembler:
             supporting.append(self.put(bsa_key, bsa))
         notes = self.order_notes()
         cycle_key = self.key(self.systems.cycle, f"c{dose.get('cycle')}")
+        reasons = self.diagnosis_refs()
         orders: list[str] = []
         for d in doses:
             key = self.key(self.systems.dose, f"c{dose['cycle']}", f"d{d['day']}")
@@ -253,7 +244,7 @@ class _Assembler:
                 self.ev,
                 d,
                 self.now,
-                self.diagnosis_refs(),
+                reasons,
                 supporting,
                 notes,
             )

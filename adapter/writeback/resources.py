@@ -43,8 +43,7 @@ def fmt_decimal(value: Any, places: int | None = None) -> str:
     d = Decimal(str(value))
     if places is not None:
         return f"{d:.{places}f}"
-    text = format(d.normalize(), "f")
-    return text
+    return format(d.normalize(), "f")
 
 
 def unique(refs: Iterable[str]) -> list[str]:
@@ -56,7 +55,7 @@ def unique(refs: Iterable[str]) -> list[str]:
 
 
 # -- Device: the adapter itself ---------------------------------------------------------------
-def software_device(codes: WritebackCodes, key: Key) -> dict[str, Any]:
+def software_device(key: Key) -> dict[str, Any]:
     return {
         "resourceType": "Device",
         "identifier": [{"system": key.system, "value": key.value}],
