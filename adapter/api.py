@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from adapter import CONTRACT_VERSION
+from adapter.checks.values import age_years
 from adapter.domain import PatientRecord
 from adapter.dosing.bsa import Formula
 from adapter.dosing.engine import plan_next_dose
 from adapter.eligibility.engine import evaluate_eligibility
 from adapter.eligibility.results import Eligibility
-from adapter.eligibility.rules import age_years
 from adapter.errors import InputError, MappingTableError
 from adapter.input.reader import InputBatch, SourcedResource, read_input, read_resources
 from adapter.input.validate import validate_all

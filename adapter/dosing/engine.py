@@ -21,6 +21,9 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
+from adapter.checks.select import latest
+from adapter.checks.values import CheckContext as RuleContext
+from adapter.checks.values import renal_function, within_uln_multiple
 from adapter.domain import ConditionFact, PatientRecord, Reading
 from adapter.dosing.bsa import BsaResult, Formula, bsa_m2
 from adapter.dosing.findings import Action, Finding, Severity, decide, finding
@@ -28,8 +31,6 @@ from adapter.dosing.history import DoseHistory, GivenDose, dose_history
 from adapter.dosing.preparation import preparation_json, prepare
 from adapter.dosing.spec import CycleSchedule, DoseDay, Dosing, Product, load_dosing, load_product
 from adapter.eligibility.results import Eligibility, Overall, Status
-from adapter.eligibility.rules import RuleContext, renal_function, within_uln_multiple
-from adapter.eligibility.select import latest
 
 DOSING_DOC = "docs/dosing.md"
 ELIGIBILITY_ACTION = {

@@ -1,16 +1,13 @@
-"""Result types shared by rules and the engine."""
+"""Result types of the eligibility engine."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from adapter.checks.outcome import Outcome, Status, combine_all
 
-class Status(StrEnum):
-    MET = "met"
-    NOT_MET = "not-met"
-    UNKNOWN = "unknown"
-    REVIEW = "review"
+__all__ = ["CriterionResult", "Eligibility", "Outcome", "Overall", "Status", "combine_all", "overall"]
 
 
 class Overall(StrEnum):
@@ -18,15 +15,6 @@ class Overall(StrEnum):
     INELIGIBLE = "ineligible"
     NEEDS_REVIEW = "needs-review"
     INSUFFICIENT_DATA = "insufficient-data"
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What a rule found: a status, a reason a clinician can read, and the resources it used."""
-
-    status: Status
-    reason: str
-    evidence: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,13 +43,3 @@ def overall(statuses: list[Status]) -> Overall:
     if Status.REVIEW in statuses:
         return Overall.NEEDS_REVIEW
     return Overall.ELIGIBLE
-
-
-def combine_all(outcomes: list[Outcome], met_reason: str) -> Outcome:
-    """All parts must hold: the worst part decides (not-met, then unknown, then review)."""
-    evidence = tuple(e for o in outcomes for e in o.evidence)
-    for status in (Status.NOT_MET, Status.UNKNOWN, Status.REVIEW):
-        bad = [o for o in outcomes if o.status is status]
-        if bad:
-            return Outcome(status, "; ".join(o.reason for o in bad), evidence)
-    return Outcome(Status.MET, met_reason + ": " + "; ".join(o.reason for o in outcomes), evidence)

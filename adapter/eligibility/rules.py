@@ -10,29 +10,29 @@ Open and closed world (documented in docs/criteria.md):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import date, timedelta
-from typing import Any
 
-from adapter.domain import ConditionFact, DateRange, Exposure, PatientRecord, Reading
-from adapter.eligibility.results import Outcome, Status, combine_all
-from adapter.eligibility.select import Selection, latest, months_before
+from adapter.checks.outcome import Outcome, Status
+from adapter.checks.select import months_before
+from adapter.checks.values import (
+    CheckContext,
+    age_years,
+    conditions_of,
+    facts_text,
+    judge,
+    label_of,
+    limits_text,
+    renal_function,
+    within_bounds,
+    within_uln_multiple,
+)
+from adapter.domain import DateRange, Exposure
 
 MET, NOT_MET, UNKNOWN, REVIEW = Status.MET, Status.NOT_MET, Status.UNKNOWN, Status.REVIEW
 
-
-@dataclass(frozen=True, slots=True)
-class RuleContext:
-    record: PatientRecord
-    as_of: date
-    accept_preliminary: bool = False
-    windows: dict[str, int] = field(default_factory=dict)  # concept -> max age in days
-
-    def select(self, concept: str, max_age_days: int | None = None, label: str | None = None) -> Selection:
-        window = max_age_days if max_age_days is not None else self.windows.get(concept)
-        return latest(self.record, concept, self.as_of, window, self.accept_preliminary, label)
-
+#: eligibility criteria read the record through the shared check context
+RuleContext = CheckContext
 
 Rule = Callable[..., Outcome]
 RULES: dict[str, Rule] = {}
@@ -43,57 +43,15 @@ def rule(fn: Rule) -> Rule:
     return fn
 
 
+rule(within_uln_multiple)
+rule(renal_function)
+
+
 def _status(name: str) -> Status:
     return Status(name)
 
 
-def _label(concept: str) -> str:
-    return concept.replace("-", " ")
-
-
-def _within(
-    bounds: tuple[float, float], lo: float | None, hi: float | None, lo_incl: bool, hi_incl: bool
-) -> bool | None:
-    """True if the whole interval satisfies the limits, False if none of it does, None if it straddles."""
-
-    def ok(x: float) -> bool:
-        if lo is not None and (x < lo or (x == lo and not lo_incl)):
-            return False
-        return not (hi is not None and (x > hi or (x == hi and not hi_incl)))
-
-    a, b = bounds
-    if ok(a) and ok(b):
-        return True
-    reaches_lo = lo is None or b > lo or (b == lo and lo_incl)
-    reaches_hi = hi is None or a < hi or (a == hi and hi_incl)
-    if not (reaches_lo and reaches_hi):
-        return False
-    return None
-
-
-def _judge(verdict: bool | None, fail: Status, text: str, evidence: tuple[str, ...]) -> Outcome:
-    """An Outcome from a _within verdict: met, the given failure status, or unknown if undecided."""
-    if verdict is True:
-        return Outcome(MET, text, evidence)
-    if verdict is False:
-        return Outcome(fail, text, evidence)
-    return Outcome(UNKNOWN, text + ": the reported bound cannot tell", evidence)
-
-
-def _limits_text(lo: float | None, hi: float | None, lo_incl: bool, hi_incl: bool, unit: str = "") -> str:
-    parts = []
-    if lo is not None:
-        parts.append(f"{'≥' if lo_incl else '>'} {lo:g}{unit}")
-    if hi is not None:
-        parts.append(f"{'≤' if hi_incl else '<'} {hi:g}{unit}")
-    return " and ".join(parts)
-
-
 # -- demographics ---------------------------------------------------------------------------
-def age_years(born: date, on: date) -> int:
-    return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
-
-
 @rule
 def age_at_least(ctx: RuleContext, years: int) -> Outcome:
     rec = ctx.record
@@ -113,30 +71,15 @@ def age_at_least(ctx: RuleContext, years: int) -> Outcome:
 
 
 # -- diagnosis and disease --------------------------------------------------------------------
-def _conditions(ctx: RuleContext, concepts: Iterable[str], history: bool) -> list[ConditionFact]:
-    out = []
-    for concept in concepts:
-        for fact in ctx.record.conditions.get(concept, ()):
-            if fact.onset is not None and fact.onset.earliest > ctx.as_of:
-                continue
-            if history or fact.active:
-                out.append(fact)
-    return out
-
-
-def _facts_text(facts: Iterable[Any]) -> str:
-    return ", ".join(f"{f.display or f.concept} ({f.ref})" for f in facts)
-
-
 @rule
 def diagnosis_present(ctx: RuleContext, concepts: list[str], label: str) -> Outcome:
-    facts = _conditions(ctx, concepts, history=True)
+    facts = conditions_of(ctx, concepts, history=True)
     confirmed = [f for f in facts if f.confirmed]
     if confirmed:
-        return Outcome(MET, f"{label} recorded: {_facts_text(confirmed)}", tuple(f.ref for f in confirmed))
+        return Outcome(MET, f"{label} recorded: {facts_text(confirmed)}", tuple(f.ref for f in confirmed))
     if facts:
         return Outcome(
-            REVIEW, f"{label} recorded but not confirmed: {_facts_text(facts)}", tuple(f.ref for f in facts)
+            REVIEW, f"{label} recorded but not confirmed: {facts_text(facts)}", tuple(f.ref for f in facts)
         )
     return Outcome(NOT_MET, f"no {label} diagnosis recorded", ())
 
@@ -151,14 +94,14 @@ def relapsed_or_refractory(ctx: RuleContext, relapse_conditions: list[str], diag
         return Outcome(NOT_MET, f"disease status is {value} on {sel.reading.day}", sel.evidence)
     if sel.evidence:  # a disease status is recorded but unusable: never fall back to older facts
         return Outcome(UNKNOWN, str(sel.problem), sel.evidence)
-    relapse = [f for f in _conditions(ctx, relapse_conditions, history=False) if f.confirmed]
+    relapse = [f for f in conditions_of(ctx, relapse_conditions, history=False) if f.confirmed]
     relapse += [
         f
-        for f in _conditions(ctx, diagnosis, history=False)
+        for f in conditions_of(ctx, diagnosis, history=False)
         if f.confirmed and f.clinical_status in ("relapse", "recurrence")
     ]
     if relapse:
-        return Outcome(MET, f"relapse recorded: {_facts_text(relapse)}", tuple(f.ref for f in relapse))
+        return Outcome(MET, f"relapse recorded: {facts_text(relapse)}", tuple(f.ref for f in relapse))
     return Outcome(UNKNOWN, f"relapsed/refractory status not recorded ({sel.problem})", sel.evidence)
 
 
@@ -170,10 +113,10 @@ def cd22_positive(ctx: RuleContext, min_percent: float | None = None) -> Outcome
         return Outcome(UNKNOWN, str(sel.problem), sel.evidence)
     if r.number is not None:
         lo, incl = (min_percent, True) if min_percent is not None else (0.0, False)
-        verdict = _within(r.bounds, lo, None, incl, True)
-        need = _limits_text(lo, None, incl, True, "%")
+        verdict = within_bounds(r.bounds, lo, None, incl, True)
+        need = limits_text(lo, None, incl, True, "%")
         text = f"CD22 on {r.text()} of blasts on {r.day} (required {need})"
-        return _judge(verdict, NOT_MET, text, sel.evidence)
+        return judge(verdict, NOT_MET, text, sel.evidence)
     if r.coded == "negative":
         return Outcome(NOT_MET, f"CD22 negative on {r.day}", sel.evidence)
     if min_percent is not None:
@@ -203,7 +146,7 @@ def ph_positive_needs_tki(ctx: RuleContext) -> Outcome:
         )
     tkis = _given_before(ctx, "tki")
     if tkis:
-        names = _facts_text(tkis)
+        names = facts_text(tkis)
         return Outcome(
             MET, f"Ph-positive with prior TKI therapy: {names}", sel.evidence + tuple(e.ref for e in tkis)
         )
@@ -234,17 +177,17 @@ def value_in_range(
     label: str | None = None,
     unit_text: str = "",
 ) -> Outcome:
-    label = label or _label(concept)
+    label = label or label_of(concept)
     sel = ctx.select(concept, max_age_days, label)
     r = sel.reading
     if r is None:
         return Outcome(UNKNOWN, str(sel.problem), sel.evidence)
     if r.number is None:
         return Outcome(UNKNOWN, f"{label} is coded ({r.coded}), a number is needed", sel.evidence)
-    need = _limits_text(min, max, min_inclusive, max_inclusive, unit_text)
+    need = limits_text(min, max, min_inclusive, max_inclusive, unit_text)
     text = f"{label} {r.text()} on {r.day} (required {need})"
-    verdict = _within(r.bounds, min, max, min_inclusive, max_inclusive)
-    return _judge(verdict, _status(on_fail), text, sel.evidence)
+    verdict = within_bounds(r.bounds, min, max, min_inclusive, max_inclusive)
+    return judge(verdict, _status(on_fail), text, sel.evidence)
 
 
 @rule
@@ -256,7 +199,7 @@ def value_is(
     on_fail: str = "not-met",
     max_age_days: int | None = None,
 ) -> Outcome:
-    label = label or _label(concept)
+    label = label or label_of(concept)
     sel = ctx.select(concept, max_age_days, label)
     if sel.reading is None:
         return Outcome(UNKNOWN, str(sel.problem), sel.evidence)
@@ -269,148 +212,11 @@ def value_is(
 def recorded(
     ctx: RuleContext, concept: str, label: str | None = None, max_age_days: int | None = None
 ) -> Outcome:
-    label = label or _label(concept)
+    label = label or label_of(concept)
     sel = ctx.select(concept, max_age_days, label)
     if sel.reading is None:
         return Outcome(UNKNOWN, str(sel.problem), sel.evidence)
     return Outcome(MET, f"{label} {sel.reading.text()} recorded on {sel.reading.day}", sel.evidence)
-
-
-def _ratio(
-    ctx: RuleContext, concept: str, max_ratio: float, max_age_days: int | None
-) -> tuple[Outcome, Reading | None]:
-    label = _label(concept)
-    sel = ctx.select(concept, max_age_days, label)
-    r = sel.reading
-    if r is None:
-        return Outcome(UNKNOWN, str(sel.problem), sel.evidence), None
-    if r.number is None or r.uln is None:
-        why = r.uln_problem or "no upper limit of normal (no referenceRange.high and no default)"
-        return Outcome(UNKNOWN, f"{label} {r.text()} on {r.day}: {why}", sel.evidence), None
-    lo, hi = r.bounds
-    ratio_bounds = (lo / r.uln, hi / r.uln)
-    uln_note = "" if r.uln_source == "referenceRange" else " default"
-    text = (
-        f"{label} {r.text()} on {r.day} = {r.number / r.uln:.2f}×ULN "
-        f"(ULN {r.uln:.4g}{uln_note}; limit ≤ {max_ratio:g}×ULN)"
-    )
-    return _judge(_within(ratio_bounds, None, max_ratio, True, True), NOT_MET, text, sel.evidence), r
-
-
-@rule
-def within_uln_multiple(
-    ctx: RuleContext,
-    concepts: list[str],
-    max_ratio: float,
-    on_fail: str = "not-met",
-    gilbert_exempt: bool = False,
-    tumour_max_ratio: float | None = None,
-    max_age_days: int | None = None,
-) -> Outcome:
-    """Each lab ≤ max_ratio × its ULN. Exceptions the sources allow become ``review``."""
-    outcomes = []
-    for concept in concepts:
-        outcome, reading = _ratio(ctx, concept, max_ratio, max_age_days)
-        if outcome.status is NOT_MET:
-            gilbert = _conditions(ctx, ["gilbert-syndrome"], history=True) if gilbert_exempt else []
-            assert reading is not None and reading.uln is not None
-            if gilbert:
-                outcome = Outcome(
-                    REVIEW,
-                    outcome.reason + f"; documented Gilbert's syndrome ({_facts_text(gilbert)}) "
-                    "exempts bilirubin: confirm the rise is due to it",
-                    outcome.evidence + tuple(f.ref for f in gilbert),
-                )
-            elif (
-                tumour_max_ratio is not None
-                and reading.number is not None
-                and reading.bounds[1] / reading.uln <= tumour_max_ratio
-            ):
-                outcome = Outcome(
-                    REVIEW,
-                    outcome.reason + f"; allowed up to {tumour_max_ratio:g}×ULN if due to "
-                    "leukaemia: confirm with the investigator",
-                    outcome.evidence,
-                )
-            else:
-                outcome = Outcome(_status(on_fail), outcome.reason, outcome.evidence)
-        outcomes.append(outcome)
-    return combine_all(outcomes, "within limits")
-
-
-def _cockcroft_gault(ctx: RuleContext, creatinine: Reading, max_age_days: int | None) -> Outcome | float:
-    rec = ctx.record
-    weight = ctx.select("body-weight", max_age_days, "body weight")
-    if weight.reading is None or weight.reading.number is None:
-        return Outcome(
-            UNKNOWN,
-            f"creatinine clearance not recorded and cannot be estimated: {weight.problem}",
-            weight.evidence,
-        )
-    if rec.birth_date is None or not rec.birth_date.precise:
-        return Outcome(
-            UNKNOWN, "creatinine clearance not recorded and cannot be estimated: birth date unknown", ()
-        )
-    if rec.gender not in ("male", "female"):
-        return Outcome(
-            UNKNOWN,
-            "creatinine clearance not recorded and cannot be estimated: sex not recorded as male or female",
-            (rec.ref,),
-        )
-    if creatinine.comparator is not None or creatinine.number is None:
-        return Outcome(
-            UNKNOWN, "creatinine reported as a bound; clearance cannot be estimated", (creatinine.ref,)
-        )
-    age = age_years(rec.birth_date.earliest, ctx.as_of)
-    scr_mg_dl = creatinine.number / 88.4  # umol/L -> mg/dL
-    crcl = (140 - age) * weight.reading.number / (72 * scr_mg_dl)
-    return crcl * (0.85 if rec.gender == "female" else 1.0)
-
-
-@rule
-def renal_function(
-    ctx: RuleContext,
-    crcl_min: float,
-    crcl_inclusive: bool,
-    creatinine_max_uln: float | None = None,
-    on_fail: str = "not-met",
-    max_age_days: int | None = None,
-) -> Outcome:
-    """CrCl above a limit (measured, else Cockcroft–Gault from creatinine), or creatinine ≤ k×ULN."""
-    options: list[Outcome] = []
-    need = _limits_text(crcl_min, None, crcl_inclusive, True, " mL/min")
-    measured = ctx.select("creatinine-clearance", max_age_days, "creatinine clearance")
-    creat = ctx.select("creatinine", max_age_days, "creatinine")
-    if measured.reading is not None and measured.reading.number is not None:
-        r = measured.reading
-        verdict = _within(r.bounds, crcl_min, None, crcl_inclusive, True)
-        text = f"creatinine clearance {r.text()} on {r.day} (required {need})"
-        options.append(_judge(verdict, NOT_MET, text, measured.evidence))
-    elif creat.reading is not None:
-        est = _cockcroft_gault(ctx, creat.reading, max_age_days)
-        if isinstance(est, Outcome):
-            options.append(est)
-        else:
-            text = (
-                f"creatinine clearance {est:.0f} mL/min estimated by Cockcroft–Gault from creatinine "
-                f"{creat.reading.text()} on {creat.reading.day} (required {need})"
-            )
-            ok = est >= crcl_min if crcl_inclusive else est > crcl_min
-            options.append(Outcome(MET if ok else NOT_MET, text, creat.evidence))
-    else:
-        options.append(
-            Outcome(UNKNOWN, f"{measured.problem}; {creat.problem}", measured.evidence + creat.evidence)
-        )
-    if creatinine_max_uln is not None:
-        outcome, _ = _ratio(ctx, "creatinine", creatinine_max_uln, max_age_days)
-        options.append(outcome)
-    evidence = tuple(e for o in options for e in o.evidence)
-    met = [o for o in options if o.status is MET]
-    if met:
-        return Outcome(MET, "; ".join(o.reason for o in met), evidence)
-    if any(o.status is UNKNOWN for o in options):
-        return Outcome(UNKNOWN, "; ".join(o.reason for o in options), evidence)
-    return Outcome(_status(on_fail), "; ".join(o.reason for o in options), evidence)
 
 
 # -- history: conditions, procedures, medicines, allergies ------------------------------------
@@ -427,26 +233,26 @@ def condition_absent(
     serology_positive: str | None = None,
 ) -> Outcome:
     """No (active, or with ``history`` ever) condition; optionally a negative serology too."""
-    facts = _conditions(ctx, concepts, history)
+    facts = conditions_of(ctx, concepts, history)
     evidence = tuple(f.ref for f in facts)
     confirmed = [f for f in facts if f.confirmed]
     if only_severe_or_active:
         blocking = [f for f in confirmed if f.active or f.severity == "severe"]
         if blocking:
             return Outcome(
-                _status(on_present), f"severe or ongoing {label}: {_facts_text(blocking)}", evidence
+                _status(on_present), f"severe or ongoing {label}: {facts_text(blocking)}", evidence
             )
         if confirmed:
             return Outcome(
                 REVIEW,
-                f"prior {label} not recorded as severe or ongoing: {_facts_text(confirmed)}; "
+                f"prior {label} not recorded as severe or ongoing: {facts_text(confirmed)}; "
                 "confirm its severity",
                 evidence,
             )
     elif confirmed:
-        return Outcome(_status(on_present), f"{label} recorded: {_facts_text(confirmed)}", evidence)
+        return Outcome(_status(on_present), f"{label} recorded: {facts_text(confirmed)}", evidence)
     if facts:
-        return Outcome(REVIEW, f"{label} recorded as unconfirmed: {_facts_text(facts)}", evidence)
+        return Outcome(REVIEW, f"{label} recorded as unconfirmed: {facts_text(facts)}", evidence)
     if serology is not None:
         sel = ctx.select(serology, label=f"{label} serology")
         if sel.reading is not None:
@@ -559,7 +365,7 @@ def medication_not_within(
     if recent:
         return Outcome(
             _status(on_recent),
-            f"{label} within {window} (on or after {cutoff}): {_facts_text(recent)}",
+            f"{label} within {window} (on or after {cutoff}): {facts_text(recent)}",
             tuple(e.ref for e in recent),
         )
     if unclear:
@@ -587,7 +393,7 @@ def medication_not_current(
     if current:
         return Outcome(
             _status(on_present),
-            f"current {label}: {_facts_text(current)}" + (f"; {advice}" if advice else ""),
+            f"current {label}: {facts_text(current)}" + (f"; {advice}" if advice else ""),
             tuple(e.ref for e in current),
         )
     return Outcome(MET, f"no current {label} recorded", ())
@@ -597,10 +403,10 @@ def medication_not_current(
 def allergy_absent(ctx: RuleContext, concept: str, label: str) -> Outcome:
     facts = [a for a in ctx.record.allergies.get(concept, ()) if a.active]
     if [a for a in facts if a.confirmed]:
-        return Outcome(NOT_MET, f"{label} recorded: {_facts_text(facts)}", tuple(a.ref for a in facts))
+        return Outcome(NOT_MET, f"{label} recorded: {facts_text(facts)}", tuple(a.ref for a in facts))
     if facts:
         return Outcome(
-            REVIEW, f"{label} recorded as unconfirmed: {_facts_text(facts)}", tuple(a.ref for a in facts)
+            REVIEW, f"{label} recorded as unconfirmed: {facts_text(facts)}", tuple(a.ref for a in facts)
         )
     return Outcome(MET, f"no {label} recorded", ())
 

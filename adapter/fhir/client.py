@@ -364,8 +364,11 @@ class FhirClient:
             log.debug("FHIR %s %s -> %d", method, urlsplit(url).path, status)
             if 200 <= status < 300:
                 if not parsed or (body is not None and not isinstance(body, dict)):
-                    raise FhirError(status, None, f"FHIR {method} {shape}: HTTP {status} with a body that is "
-                                    "not a JSON object")
+                    raise FhirError(
+                        status,
+                        None,
+                        f"FHIR {method} {shape}: HTTP {status} with a body that is not a JSON object",
+                    )
                 return FhirResponse(
                     status=status,
                     body=body,
@@ -478,9 +481,7 @@ class FhirClient:
             found = resource
         return found
 
-    def create(
-        self, resource: Mapping[str, Any], if_none_exist: str | Params | None = None
-    ) -> FhirResponse:
+    def create(self, resource: Mapping[str, Any], if_none_exist: str | Params | None = None) -> FhirResponse:
         """POST [base]/Type. With ``if_none_exist`` (search criteria without '?') a server that finds one
         match answers 200 with that resource instead of creating (201)."""
         rtype = _type_of(resource)
