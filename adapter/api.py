@@ -21,8 +21,9 @@ from adapter.checks.values import age_years
 from adapter.domain import PatientRecord
 from adapter.dosing.bsa import Formula
 from adapter.dosing.engine import plan_next_dose
+from adapter.dosing.history import first_dose_day
 from adapter.eligibility.engine import evaluate_eligibility
-from adapter.eligibility.results import Eligibility
+from adapter.eligibility.results import CriterionResult, Eligibility
 from adapter.errors import InputError, MappingTableError
 from adapter.input.reader import InputBatch, SourcedResource, read_input, read_resources
 from adapter.input.validate import validate_all
@@ -49,20 +50,31 @@ class EvaluationRun:
         return existing_from_resources(r.resource for r in self.sources)
 
 
+def criterion_json(c: CriterionResult) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": c.id,
+        "title": c.title,
+        "phase": c.phase,
+        "status": c.status.value,
+        "reason": c.reason,
+        "evidence": list(c.evidence),
+        "source": c.source,
+    }
+    if c.at_start is not None:
+        out["at_start"] = {
+            "as_of": c.at_start.as_of.isoformat(),
+            "status": c.at_start.status.value,
+            "reason": c.at_start.reason,
+            "evidence": list(c.at_start.evidence),
+        }
+    return out
+
+
 def eligibility_json(e: Eligibility) -> dict[str, Any]:
     return {
         "status": e.status.value,
-        "criteria": [
-            {
-                "id": c.id,
-                "title": c.title,
-                "status": c.status.value,
-                "reason": c.reason,
-                "evidence": list(c.evidence),
-                "source": c.source,
-            }
-            for c in e.criteria
-        ],
+        "treatment_started_on": e.started_on.isoformat() if e.started_on is not None else None,
+        "criteria": [criterion_json(c) for c in e.criteria],
         "attestations": list(e.attestations),
     }
 
@@ -133,7 +145,12 @@ def evaluate_batch(
         sources=batch.resources,
     )
     for record in records.records:
-        eligibility = evaluate_eligibility(record, variant, as_of)
+        try:
+            started_on = first_dose_day(record, as_of)
+        except Exception:  # a history bug: judge every criterion as of today (the stricter reading)
+            started_on = None
+        # once treatment has started, start-only criteria are reported as they were at the start
+        eligibility = evaluate_eligibility(record, variant, as_of, started_on)
         try:
             dose = plan_next_dose(
                 record, variant.name, as_of, eligibility, bsa_formula, variant.accept_preliminary

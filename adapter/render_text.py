@@ -4,16 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
-MARK = {"met": "[met]    ", "not-met": "[NOT MET]", "unknown": "[UNKNOWN]", "review": "[REVIEW] "}
+MARK = {
+    "met": "[met]    ",
+    "not-met": "[NOT MET]",
+    "unknown": "[UNKNOWN]",
+    "review": "[REVIEW] ",
+    "not-applicable": "[n/a]    ",  # a start-only criterion once treatment has started
+}
 
 
 def render_text(results: list[dict[str, Any]]) -> str:
     out: list[str] = []
     for r in results:
         e = r["eligibility"]
-        out.append(f"{r['patient']}  protocol {r['protocol']}  as of {r['as_of']}: {e['status'].upper()}")
+        started = e.get("treatment_started_on")
+        since = f" (treatment started on {started}: start-only criteria shown at start)" if started else ""
+        out.append(
+            f"{r['patient']}  protocol {r['protocol']}  as of {r['as_of']}: {e['status'].upper()}{since}"
+        )
         for c in e["criteria"]:
-            out.append(f"  {MARK.get(c['status'], c['status'])} {c['id']}: {c['reason']}")
+            out.append(f"  {MARK.get(c['status'], c['status'])} {c['id']}: {_criterion_text(c)}")
             out.append(f"             source: {c['source']}")
         if e["attestations"]:
             out.append("  To confirm (no data can show these):")
@@ -22,6 +32,16 @@ def render_text(results: list[dict[str, Any]]) -> str:
             out.extend(_dose_lines(r["dose"]))
         out.append("")
     return "\n".join(out).rstrip("\n")
+
+
+def _criterion_text(c: dict[str, Any]) -> str:
+    """The reason; for a start-only criterion once treatment has started, its status at the start
+    (and why, unless it was met)."""
+    at = c.get("at_start")
+    if c["status"] != "not-applicable" or not at:
+        return str(c["reason"])
+    brief = f"at start ({at['as_of']}): {at['status']}"
+    return brief if at["status"] == "met" else f"{brief}: {at['reason']}"
 
 
 def _dose_lines(d: dict[str, Any]) -> list[str]:

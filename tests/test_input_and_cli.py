@@ -272,7 +272,9 @@ def test_single_patient_json_is_one_object_with_the_contract_keys() -> None:
     }
     assert data["subject"]["mrn"] == "MRN-p01-ph-neg-relapse"  # typed MR identifier
     assert data["subject"]["age"] == 46
-    assert set(data["eligibility"]) == {"status", "criteria", "attestations"}
+    assert set(data["eligibility"]) == {"status", "treatment_started_on", "criteria", "attestations"}
+    assert data["eligibility"]["treatment_started_on"] is None  # not on treatment
+    assert {c["phase"] for c in data["eligibility"]["criteria"]} == {"start", "continuing"}
     assert set(data["dose"]) >= {
         "action",
         "cycle",

@@ -35,6 +35,8 @@ from tests.support.synth import ATC, ICD10, SCT
 VARIANTS = ("fda-label", "nhs-ta514", "es-valtermed", "mdacc-low-dose")
 OVERALL = frozenset({"eligible", "ineligible", "needs-review", "insufficient-data"})
 CRITERION = frozenset({"met", "not-met", "unknown", "review"})
+#: a start-only criterion once treatment has started (its result at the start in ``at_start``)
+NOT_APPLICABLE = "not-applicable"
 
 FAST = settings(max_examples=50, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -78,12 +80,24 @@ def statuses(run: EvaluationRun | None) -> list[str]:
 
 
 def assert_consistent(result: dict[str, Any]) -> None:
-    """Property 4: the overall status follows from the criteria, in the documented order."""
+    """Property 4: the overall status follows from the criteria, in the documented order.
+
+    Start-only criteria once treatment has started are not-applicable, carry their result at the
+    start and take no part."""
     eligibility = result["eligibility"]
     overall = eligibility["status"]
-    crit = [c["status"] for c in eligibility["criteria"]]
+    assert eligibility["criteria"], "a result without criteria"
+    for c in eligibility["criteria"]:
+        assert c["phase"] in ("start", "continuing"), c
+        if c["status"] == NOT_APPLICABLE:
+            assert c["phase"] == "start" and eligibility["treatment_started_on"], c
+            assert c["at_start"]["status"] in CRITERION, c
+            assert c["at_start"]["as_of"] == eligibility["treatment_started_on"], c
+        else:
+            assert "at_start" not in c, c
+    crit = [c["status"] for c in eligibility["criteria"] if c["status"] != NOT_APPLICABLE]
     assert overall in OVERALL
-    assert crit, "a result without criteria"
+    assert crit, "a result without a criterion that counts"
     assert set(crit) <= CRITERION
     if overall == "eligible":
         assert all(s == "met" for s in crit), eligibility["criteria"]

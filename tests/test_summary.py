@@ -86,13 +86,17 @@ def test_every_example_renders_with_identity_criteria_and_doses(example: str, va
     for c in ev["eligibility"]["criteria"]:
         assert shown(c["id"], fmt) in out
         assert shown(c["title"], fmt) in out
-        assert shown(c["reason"], fmt) in out
+        # a start-only criterion once treatment has started is shown as it was at the start
+        assert shown(c["at_start"]["reason"] if "at_start" in c else c["reason"], fmt) in out
         section = c["source"].split(" ", 1)[1] if " " in c["source"] else c["source"]
         assert shown(section, fmt) in out, c["source"]
     for attestation in ev["eligibility"]["attestations"]:
         assert shown(attestation, fmt) in out
     dose = ev["dose"]
     for finding in dose["findings"]:
+        if "check" in finding:  # a passed pre-dose check: named on one line, not listed
+            assert shown(finding["check"], fmt) in out and finding["id"] not in out
+            continue
         assert shown(finding["id"], fmt) in out
         assert shown(finding["reason"], fmt) in out
     if dose["action"] in DOSE_ACTIONS:
@@ -194,7 +198,7 @@ def test_safety_box_has_the_five_topics_and_points_to_the_evaluation() -> None:
     topics = {t["id"]: t for t in view["safety"]}
     assert list(topics) == ["vod", "qt", "tls", "contraception", "live-vaccines"]
     vod_refs = [link["ref"] for link in topics["vod"]["links"]]
-    assert "criterion vod-history: ✓ Met" in vod_refs
+    assert "criterion vod-history: ✓ Met at start" in vod_refs  # a start-only criterion, on treatment
     assert any(ref.startswith("confirm item") for ref in vod_refs)  # defibrotide attestation
     assert any("contraception" in a.lower() for a in ev["eligibility"]["attestations"])
     assert [link["kind"] for link in topics["contraception"]["links"]] == ["attestation"]
@@ -256,18 +260,63 @@ def test_administer_is_labelled_as_a_draft_needing_a_signature() -> None:
         assert "cycle 1 day 1: 1.54 mg (0.8 mg/m²) on 2026-11-21 (Sat)" in out
 
 
-def test_eligibility_is_for_reference_once_treatment_started() -> None:
+def test_start_only_criteria_are_shown_at_start_once_treatment_started() -> None:
     ev = evaluation("p09-cycle-2", "mdacc-low-dose")
+    assert ev["eligibility"]["treatment_started_on"] == "2026-10-31"
+    assert ev["eligibility"]["status"] == "eligible" and ev["dose"]["action"] == "administer"
+    view = build_view(ev)["eligibility"]
+    assert [c["id"] for c in view["current"]] == ["input-integrity", "all-diagnosis"]
+    washout = next(c for c in view["at_start"] if c["id"] == "monoclonal-antibody-2-weeks")
+    assert (washout["label"], washout["symbol"], washout["tone"]) == ("Met", "✓", "info")
+    assert view["counts"] == {"met": 2, "not-met": 0, "unknown": 0, "review": 0, "at-start": 19}
+    assert view["at_start_heading"] == "At start (2026-10-31)"
+    for fmt in SUMMARY_FORMATS:
+        out = render(ev, fmt)
+        assert "Eligibility as of 2026-11-21:" in out
+        assert "Eligibility (continuing criteria):" in out
+        assert "At start (2026-10-31) — start-only criteria" in out
+        assert "Treatment started on 2026-10-31" in out
+        assert "for reference" not in out
+        assert "Not applicable" not in out
+        # the current list comes first, then the start-only criteria at the start
+        assert out.index("all-diagnosis") < out.index("At start (2026-10-31)") < out.index("age-12")
+    html = render(ev, "html")
+    assert '<tr class="not-met">' not in html and '<tr class="at-start">' in html
+    fresh = render(evaluation("p01-ph-neg-relapse", "nhs-ta514"), "html")
+    assert "for reference" not in fresh and "At start" not in fresh
+
+
+def test_a_start_only_criterion_not_met_at_start_is_not_a_current_failure() -> None:
+    ev = evaluation("p09-cycle-2", "nhs-ta514")
+    c = next(c for c in ev["eligibility"]["criteria"] if c["id"] == "platelets")
+    c["at_start"].update(status="not-met", reason="platelets 40 10*9/L on 2026-10-30 (required ≥ 50)")
+    view = build_view(ev)["eligibility"]
+    row = next(r for r in view["at_start"] if r["id"] == "platelets")
+    assert (row["label"], row["symbol"], row["tone"]) == ("Not met", "✗", "info")
+    assert view["counts"]["not-met"] == 0
+    for fmt in SUMMARY_FORMATS:
+        out = render(ev, fmt)
+        assert shown("platelets 40 10*9/L on 2026-10-30 (required ≥ 50)", fmt) in out
+    assert '<tr class="not-met">' not in render(ev, "html")
+
+
+def test_an_evaluation_from_before_0_4_0_on_treatment_is_for_reference() -> None:
+    """Evaluations without ``treatment_started_on`` (0.3.0): every criterion judged as of today."""
+    ev = evaluation("p09-cycle-2", "mdacc-low-dose")
+    del ev["eligibility"]["treatment_started_on"]
+    for c in ev["eligibility"]["criteria"]:
+        at = c.pop("at_start", None)
+        del c["phase"]
+        if at is not None:
+            c["status"], c["reason"] = at["status"], at["reason"]
     assert ev["dose"]["treatment_started"] is True
-    assert ev["eligibility"]["status"] == "ineligible" and ev["dose"]["action"] == "administer"
     for fmt in SUMMARY_FORMATS:
         out = render(ev, fmt)
         assert "Eligibility as of 2026-11-21 (for reference)" in out
         assert "Eligibility (pre-treatment, for reference)" in out
         assert "Treatment started on 2026-10-31" in out
         assert "no longer decide the dose" in out
-    fresh = render(evaluation("p01-ph-neg-relapse", "nhs-ta514"), "html")
-    assert "for reference" not in fresh
+        assert "At start" not in out
 
 
 @pytest.mark.parametrize("fmt", SUMMARY_FORMATS)
@@ -366,7 +415,8 @@ def test_treatment_histories_render(case: str, variant: str) -> None:
             for d in cycle["doses"]:
                 assert f"day {d['day']}: {d['mg']:.2f} mg" in out
         for finding in ev["dose"]["findings"]:
-            assert shown(finding["reason"], fmt) in out
+            expected = finding.get("check") or finding["reason"]  # passed checks are named, not listed
+            assert shown(expected, fmt) in out
 
 
 def test_discontinue_gives_no_dose_and_no_pre_dose_checks() -> None:
@@ -397,9 +447,11 @@ def test_reduced_doses_for_review_show_their_mg_per_m2() -> None:
 def _hostile() -> dict[str, Any]:
     ev = evaluation("p09-cycle-2", "nhs-ta514")
     ev["subject"]["name"] = "<script>alert(1)</script>"
-    ev["eligibility"]["criteria"][1]["reason"] = (
-        "<b>& [click](javascript:alert(2)) *bold* _it_ `code` | cell &amp;"
-    )
+    hostile = "<b>& [click](javascript:alert(2)) *bold* _it_ `code` | cell &amp;"
+    criteria = ev["eligibility"]["criteria"]
+    assert criteria[1]["phase"] == "start" and criteria[2]["phase"] == "continuing"
+    criteria[1]["at_start"]["reason"] = hostile  # shown at start (treatment has started)
+    criteria[2]["reason"] = hostile
     ev["dose"]["treatment"]["cycles"][0]["best_response"] = "CR | <img src=x onerror=alert(3)>"
     return ev
 
@@ -518,7 +570,10 @@ def test_changes_since_the_previous_evaluation() -> None:
     previous["as_of"] = "2026-11-14"
     previous["eligibility"]["status"] = "insufficient-data"
     bilirubin = next(c for c in previous["eligibility"]["criteria"] if c["id"] == "bilirubin")
-    bilirubin["status"] = "unknown"
+    bilirubin["status"] = "unknown"  # judged as of 2026-11-14 (as before 0.4.0)
+    del bilirubin["at_start"]
+    diagnosis = next(c for c in previous["eligibility"]["criteria"] if c["id"] == "b-all-diagnosis")
+    diagnosis["status"] = "review"
     previous["eligibility"]["criteria"] = [
         c for c in previous["eligibility"]["criteria"] if c["id"] != "adult"
     ]
@@ -529,10 +584,13 @@ def test_changes_since_the_previous_evaluation() -> None:
         {"id": "dose-calculated", "severity": "warning", "reason": "x"},
     ]
     changes = compute_changes(current, previous)
+    # information appearing (a check passed, the response that decided) is not a change to report
+    assert any(f["severity"] == "info" and f["id"] == "response-decides" for f in current["dose"]["findings"])
     assert changes == [
         "Eligibility: Insufficient data → Eligible",
-        "Criterion adult: new (Met)",
-        "Criterion bilirubin: Unknown → Met",
+        "Criterion adult: new (Met at start, 2026-10-31)",
+        "Criterion b-all-diagnosis: Review → Met",
+        "Criterion bilirubin: Unknown → Met at start, 2026-10-31",
         "Criterion old-rule: no longer listed",
         "Action: Delay → Administer",
         "Next dose: cycle 1 day 15 → cycle 2 day 1",

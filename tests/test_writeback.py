@@ -104,9 +104,17 @@ def test_the_bsa_observation_and_every_input_observation_support_the_order(p09: 
     inputs = p09["dose"]["bsa_inputs"]
     assert [d["reference"] for d in bsa["derivedFrom"]] == [inputs["weight"], inputs["height"]]
     bsa_url = entry_for(bundle, bsa)["fullUrl"]
+    # on treatment, the start-only criteria's evidence (results at the start) decides nothing
+    at_start = {e for c in p09["eligibility"]["criteria"] for e in c.get("at_start", {}).get("evidence", [])}
+    assert any("neutrophils" in r for r in at_start)
     for order in of_type(bundle, "MedicationRequest"):
         refs = [r["reference"] for r in order["supportingInformation"]]
         assert {inputs["weight"], inputs["height"], bsa_url} <= set(refs)
+        assert not at_start & set(refs)
+    # before the first dose the criteria decide: their observations support the order
+    first = evaluation("p01-ph-neg-relapse")
+    for order in of_type(build_transaction(first, SUMMARIES, NOW).bundle, "MedicationRequest"):
+        refs = [r["reference"] for r in order["supportingInformation"]]
         assert any("neutrophils" in r for r in refs) and any("bilirubin" in r for r in refs)
 
 
@@ -250,11 +258,38 @@ def test_review_orders_say_authorisation_is_required() -> None:
     )
 
 
-def test_on_treatment_criteria_judged_today_do_not_raise_issues(p09: dict[str, Any]) -> None:
-    ev = evaluation("p09-cycle-2", "mdacc-low-dose")  # washout "not met" because of inotuzumab itself
-    assert ev["dose"]["treatment_started"] and ev["eligibility"]["status"] == "ineligible"
+def test_on_treatment_criteria_do_not_raise_issues(p09: dict[str, Any]) -> None:
+    ev = evaluation("p09-cycle-2", "mdacc-low-dose")
+    assert ev["dose"]["treatment_started"] and ev["eligibility"]["treatment_started_on"] == "2026-10-31"
+    # a start-only criterion not met at the start, and a continuing one failing now: still no issue
+    criteria = {c["id"]: c for c in ev["eligibility"]["criteria"]}
+    criteria["monoclonal-antibody-2-weeks"]["at_start"]["status"] = "not-met"
+    criteria["all-diagnosis"]["status"] = "review"
     issues = of_type(build_transaction(ev, SUMMARIES, NOW).bundle, "DetectedIssue")
-    assert not any(i["code"]["text"] in {c["id"] for c in ev["eligibility"]["criteria"]} for i in issues)
+    assert not any(i["code"]["text"] in criteria for i in issues)
+
+
+def test_a_not_applicable_criterion_never_raises_an_issue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even if the evaluation says treatment has not started (a hand-edited or inconsistent one),
+    or a site maps the not-applicable status to a severity."""
+    import adapter.writeback.bundle as bundle_mod
+    from adapter.writeback.codes import load_codes
+
+    codes = load_codes()
+    issue_codes = codes.detected_issue.model_copy(
+        update={"criterion_severity": {**codes.detected_issue.criterion_severity, "not-applicable": "low"}}
+    )
+    monkeypatch.setattr(
+        bundle_mod, "load_codes", lambda: codes.model_copy(update={"detected_issue": issue_codes})
+    )
+    ev = evaluation("p09-cycle-2", "mdacc-low-dose")
+    ev["dose"]["treatment_started"] = False
+    ev["eligibility"]["treatment_started_on"] = None
+    ev["eligibility"]["criteria"][2]["status"] = "not-met"  # all-diagnosis (continuing)
+    bundle = build_transaction(ev, SUMMARIES, NOW).bundle
+    raised = {i["code"]["text"] for i in of_type(bundle, "DetectedIssue")}
+    assert "all-diagnosis" in raised  # criteria are checked: treatment is taken as not started
+    assert not raised & {c["id"] for c in ev["eligibility"]["criteria"] if c["status"] == "not-applicable"}
 
 
 def test_doses_on_a_non_dose_action_are_refused(p09: dict[str, Any]) -> None:

@@ -64,6 +64,22 @@ def latest(
             f"the most recent {label} ({u.ref}, {u.day}) is unusable: {u.reason}",
             (*(x.ref for x in newer_bad), readings[0].ref),
         )
+    # a newer result the variant does not accept (preliminary, registered) makes the value unknown:
+    # an older final result never decides in its place; on the same day it must agree
+    not_accepted = [
+        r
+        for r in all_readings
+        if r.status not in statuses
+        and (r.day > best_day or (r.day == best_day and not _same_value(r, readings[0])))
+    ]
+    if not_accepted:
+        r = not_accepted[0]
+        return Selection(
+            None,
+            f"the most recent {label} ({r.ref}, {r.day}) is {r.status}; a final result is required "
+            "and an older one cannot stand in for it",
+            (*(x.ref for x in not_accepted), readings[0].ref),
+        )
     same_day = [r for r in readings if r.day == best_day]
     distinct = {(r.number, r.comparator, r.coded) for r in same_day}
     if len(distinct) > 1:
@@ -80,3 +96,7 @@ def latest(
             evidence,
         )
     return Selection(chosen, None, evidence)
+
+
+def _same_value(a: Reading, b: Reading) -> bool:
+    return (a.number, a.comparator, a.coded) == (b.number, b.comparator, b.coded)

@@ -58,6 +58,8 @@ class Finding:
     source: str
     #: the action this finding calls for, or None for information and advice
     effect: Action | None = None
+    #: a pre-dose check that passed: what was checked ("liver tests"); its evidence is the results
+    check: str | None = None
 
     def as_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -69,6 +71,8 @@ class Finding:
         }
         if self.effect is not None:
             out["effect"] = self.effect.value
+        if self.check is not None:
+            out["check"] = self.check
         return out
 
 
@@ -79,10 +83,11 @@ def finding(
     evidence: tuple[str, ...] | list[str] = (),
     effect: Action | str | None = None,
     severity: Severity | None = None,
+    check: str | None = None,
 ) -> Finding:
     act = Action(effect) if effect is not None else None
     sev = severity or (DEFAULT_SEVERITY[act] if act is not None else Severity.INFO)
-    return Finding(id, sev, reason, tuple(evidence), source, act)
+    return Finding(id, sev, reason, tuple(evidence), source, act, check)
 
 
 def decide(findings: list[Finding]) -> Action:

@@ -2,9 +2,11 @@
 MedicationStatement and completed MedicationRequest records.
 
 One dose per day: records of the same dose from several resource types are merged, the
-administration winning. Records that cannot be placed (imprecise date), that conflict, or that
-cannot tell whether a dose was given (an active order dated in the past with no administration)
-become problems; the engine turns them into findings.
+administration winning. A record that exists but cannot be read — no date precise to the day,
+status ``unknown`` or on hold, an active order dated in the past with no administration, several
+administrations of one day with different doses, a dose that cannot be read or is implausible —
+is a **blocking** problem: the plan becomes ``insufficient-data``, never a dose. Skipping such a
+record could propose a second dose on a day one was given, or take a given dose for an omission.
 """
 
 from __future__ import annotations
@@ -15,9 +17,16 @@ from datetime import date
 from adapter.domain import Exposure, PatientRecord
 
 DRUG = "inotuzumab-ozogamicin"
-#: MedicationAdministration statuses that mean the dose (or part of it) was given
-ADMIN_GIVEN = frozenset({"completed", "in-progress", "stopped"})
-STATEMENT_GIVEN = frozenset({"completed", "active", "stopped"})
+#: statuses that mean the dose (or part of it) was given, per resource type
+GIVEN = {
+    "MedicationAdministration": frozenset({"completed", "in-progress", "stopped"}),
+    "MedicationStatement": frozenset({"completed", "active", "stopped"}),
+    "MedicationRequest": frozenset({"completed"}),
+}
+#: statuses that leave it unknown whether a dose was given
+UNCLEAR = frozenset({"unknown", "on-hold"})
+#: an order still open: the dose may or may not have been given
+OPEN_ORDER = frozenset({"active", "on-hold", "unknown"})
 PREFERENCE = {"MedicationAdministration": 0, "MedicationStatement": 1, "MedicationRequest": 2}
 
 
@@ -29,15 +38,19 @@ class GivenDose:
     refs: tuple[str, ...]
     resource_type: str
     partial: bool = False  # administration stopped part-way
+    #: the recorded amount cannot be used (unreadable, implausible or conflicting)
+    amount_unknown: bool = False
 
 
 @dataclass(slots=True)
 class DoseHistory:
     doses: list[GivenDose] = field(default_factory=list)
-    #: (reason, evidence) for records that make the history uncertain
+    #: (reason, evidence) for records that exist but cannot be read: they block any dose
     problems: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     #: (reason, evidence) worth telling but not blocking
     notes: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    #: open orders planned for the as-of day: the dose in hand, not a dose given
+    todays_orders: list[str] = field(default_factory=list)
 
     @property
     def started(self) -> bool:
@@ -65,59 +78,87 @@ def dose_history(record: PatientRecord, as_of: date, exclude: frozenset[str] = f
             continue
         if day > as_of:  # a planned dose, not a given one
             continue
-        if e.resource_type == "MedicationAdministration" and e.status not in ADMIN_GIVEN:
-            out.problems.append(
-                (f"{e.ref}: administration is {e.status}: whether it was given is unclear", (e.ref,))
-            )
-            continue
-        if e.resource_type == "MedicationStatement" and e.status not in STATEMENT_GIVEN:
-            continue
         by_day.setdefault(day, []).append(e)
     for day in sorted(by_day):
-        records = sorted(by_day[day], key=lambda e: PREFERENCE.get(e.resource_type, 9))
-        best = records[0]
-        refs = tuple(e.ref for e in records)
-        if best.resource_type == "MedicationRequest":
-            if all(e.status == "completed" for e in records):
-                out.notes.append(
-                    (
-                        f"the dose on {day} is known only from a completed order ({', '.join(refs)}), "
-                        "not from an administration record",
-                        refs,
-                    )
-                )
-            elif any(e.status in ("active", "on-hold") for e in records):
-                out.problems.append(
-                    (
-                        f"an inotuzumab order for {day} ({', '.join(refs)}) has no administration record: "
-                        "whether the dose was given is unknown",
-                        refs,
-                    )
-                )
-                continue
-            else:  # stopped orders: not given
-                out.notes.append((f"stopped inotuzumab order(s) for {day} not counted as a dose", refs))
-                continue
-        same_type = [e for e in records if e.resource_type == best.resource_type]
-        doses = {(e.dose_mg, e.dose_mg_per_m2) for e in same_type}
-        if len(same_type) > 1:
-            if len(doses) > 1:
-                out.problems.append(
-                    (
-                        f"several {best.resource_type} records for {day} with different doses "
-                        f"({', '.join(e.ref for e in same_type)})",
-                        tuple(e.ref for e in same_type),
-                    )
-                )
-                continue
-            out.notes.append(
-                (f"{len(same_type)} {best.resource_type} records for {day} taken as one dose", refs)
-            )
-        if best.dose_problem:
-            out.problems.append((f"{best.ref}: {best.dose_problem}", (best.ref,)))
-        out.doses.append(
-            GivenDose(
-                day, best.dose_mg, best.dose_mg_per_m2, refs, best.resource_type, best.status == "stopped"
+        _read_day(out, day, by_day[day], as_of)
+    return out
+
+
+def _read_day(out: DoseHistory, day: date, records: list[Exposure], as_of: date) -> None:
+    """The dose of one day from its records, or the problem that makes it unknown."""
+    records = sorted(records, key=lambda e: PREFERENCE.get(e.resource_type, 9))
+    given = [e for e in records if e.status in GIVEN.get(e.resource_type, frozenset())]
+    unclear = [e for e in records if e.resource_type != "MedicationRequest" and e.status in UNCLEAR]
+    open_orders = [e for e in records if e.resource_type == "MedicationRequest" and e.status in OPEN_ORDER]
+    refs = tuple(e.ref for e in records)
+    for e in unclear:
+        out.problems.append(
+            (
+                f"{e.ref}: inotuzumab {e.resource_type} is {e.status}: whether the dose was given is unknown",
+                (e.ref,),
             )
         )
-    return out
+    best_type = given[0].resource_type if given else None
+    if open_orders and best_type in (None, "MedicationRequest"):
+        if day == as_of and not given:
+            # an order written for today's dose (ours or the site's) is the dose in hand
+            out.todays_orders.extend(e.ref for e in open_orders)
+            out.notes.append((f"order(s) for today's dose: {', '.join(e.ref for e in open_orders)}", refs))
+        else:
+            out.problems.append(
+                (
+                    f"an inotuzumab order for {day} ({', '.join(e.ref for e in open_orders)}) has no "
+                    "administration record: whether the dose was given is unknown",
+                    tuple(e.ref for e in open_orders),
+                )
+            )
+    if not given:
+        stopped = [e.ref for e in records if e.resource_type == "MedicationRequest" and e.status == "stopped"]
+        if stopped:
+            out.notes.append((f"stopped inotuzumab order(s) for {day} not counted as a dose", tuple(stopped)))
+        return
+    same_type = [e for e in given if e.resource_type == best_type]
+    best = same_type[0]
+    if best_type == "MedicationRequest":
+        out.notes.append(
+            (
+                f"the dose on {day} is known only from a completed order "
+                f"({', '.join(e.ref for e in same_type)}), not from an administration record",
+                tuple(e.ref for e in same_type),
+            )
+        )
+    amount_unknown = False
+    amounts = {(e.dose_mg, e.dose_mg_per_m2) for e in same_type}
+    if len(same_type) > 1:
+        if len(amounts) > 1:
+            out.problems.append(
+                (
+                    f"several {best_type} records for {day} with different doses "
+                    f"({', '.join(e.ref for e in same_type)})",
+                    tuple(e.ref for e in same_type),
+                )
+            )
+            amount_unknown = True
+        else:
+            out.notes.append((f"{len(same_type)} {best_type} records for {day} taken as one dose", refs))
+    for e in same_type:
+        if e.dose_problem:
+            out.problems.append((f"{e.ref}: the recorded dose cannot be used ({e.dose_problem})", (e.ref,)))
+            amount_unknown = True
+    out.doses.append(
+        GivenDose(
+            day,
+            None if amount_unknown else best.dose_mg,
+            None if amount_unknown else best.dose_mg_per_m2,
+            refs,
+            best.resource_type,
+            best.status == "stopped",
+            amount_unknown,
+        )
+    )
+
+
+def first_dose_day(record: PatientRecord, as_of: date) -> date | None:
+    """The day of the first inotuzumab dose given on or before ``as_of`` (None: not started)."""
+    doses = dose_history(record, as_of).doses
+    return doses[0].day if doses else None

@@ -17,7 +17,7 @@ from adapter.domain import Exposure, PatientRecord
 from adapter.dosing.bsa import Formula
 from adapter.dosing.engine import DosePlan, plan_next_dose
 from adapter.dosing.findings import Action, Finding, Severity, finding
-from adapter.dosing.history import DRUG
+from adapter.dosing.history import DRUG, first_dose_day
 from adapter.dosing.spec import load_dosing
 from adapter.eligibility.engine import evaluate_eligibility
 from adapter.protocols import load_variant
@@ -108,7 +108,7 @@ def check_order(
     day = as_of or order_date
     if day is None:
         return OrderCheck(order_ref, record.ref, protocol, None, findings, None)
-    eligibility = evaluate_eligibility(record, variant, day)
+    eligibility = evaluate_eligibility(record, variant, day, first_dose_day(record, day))
     plan = plan_next_dose(
         record,
         protocol,

@@ -43,7 +43,15 @@ class CycleSchedule(_Model):
     earliest_next_days: int
     #: ... and is on time until ``latest_next_days``; later counts as an interruption.
     latest_next_days: int
+    #: the day of this cycle on which the next day 1 is planned, from which a late day 1 is counted
+    #: as an interruption (MD Anderson: day 28); default: the day after ``latest_next_days``
+    interruption_from_day: int | None = None
     source: str
+
+    @property
+    def interruption_offset(self) -> int:
+        """Days from this cycle's day 1 to the start of an interruption before the next day 1."""
+        return (self.interruption_from_day - 1) if self.interruption_from_day else self.latest_next_days
 
     @field_validator("days")
     @classmethod
@@ -73,6 +81,7 @@ class Levels(_Model):
     remission_source: str
     #: CRi with platelets below the previous cycle's pre-treatment value: consider one level lower
     cri_platelets_source: str
+    cri_platelets_action: Action = "review"
 
 
 class Window(_Model):
@@ -133,6 +142,15 @@ class Interruption(_Model):
     reduction_effect: Action | None = None
 
 
+class CountLimits(_Model):
+    """Limits checked before every dose where no count hold applies (UK standard limits)."""
+
+    neutrophils_min: Decimal
+    platelets_min: Decimal
+    on_fail: Action
+    source: str
+
+
 class Haematological(_Model):
     from_cycle: int
     neutrophils_min: Decimal
@@ -140,6 +158,11 @@ class Haematological(_Model):
     on_hold: Action
     source: str
     no_hold_within_cycle_source: str
+    #: "every-dose": a blood count is required before every dose (missing or stale: no dose);
+    #: "cycle-start": only where the day-1 hold applies
+    counts_before: Literal["every-dose", "cycle-start"] = "cycle-start"
+    counts_before_source: str | None = None
+    every_dose_limits: CountLimits | None = None
 
 
 class Hepatic(_Model):
@@ -164,6 +187,10 @@ class Renal(_Model):
 class Toxicity(_Model):
     hold_from_grade: int
     on_hold: Action
+    #: conditions read as toxicities of treatment (besides VOD and infusion reactions): an ungraded
+    #: one arising on treatment cannot be shown to be below the hold grade
+    toxicity_concepts: tuple[str, ...]
+    ungraded_action: Action
     grade4_action: Action | None = None
     grade4_source: str | None = None
     source: str
@@ -178,6 +205,9 @@ class Toxicity(_Model):
 
 class Freshness(_Model):
     labs_max_age_days: int
+    #: results before cycle 1 day 1 (the pre-treatment validity window)
+    first_dose_labs_max_age_days: int
+    first_dose_source: str
     blood_count_max_age_days: int
     weight_max_age_days: int
     first_dose_weight_max_age_days: int

@@ -144,11 +144,18 @@ def ph_positive_needs_tki(ctx: RuleContext) -> Outcome:
         return Outcome(
             MET, f"Philadelphia chromosome negative ({sel.reading.day}); no TKI needed", sel.evidence
         )
-    tkis = _given_before(ctx, "tki")
+    records = _given_before(ctx, "tki")
+    tkis = [e for e in records if e.status != "unknown"]
     if tkis:
         names = facts_text(tkis)
         return Outcome(
             MET, f"Ph-positive with prior TKI therapy: {names}", sel.evidence + tuple(e.ref for e in tkis)
+        )
+    if records:  # a TKI record whose status does not say whether it was given
+        return Outcome(
+            UNKNOWN,
+            f"Ph-positive; TKI recorded with status unknown: {facts_text(records)}",
+            sel.evidence + tuple(e.ref for e in records),
         )
     return Outcome(NOT_MET, "Ph-positive and no tyrosine kinase inhibitor recorded", sel.evidence)
 
@@ -353,7 +360,10 @@ def medication_not_within(
     recent, unclear = [], []
     for e in exposures:
         end = _exposure_end(e, ctx.as_of)
-        if end is not None:
+        if e.status == "unknown":  # may or may not have been given: never read as absent
+            if end is None or end.latest >= cutoff:
+                unclear.append(e)
+        elif end is not None:
             if end.latest >= cutoff and end.earliest >= cutoff:
                 recent.append(e)
             elif end.latest >= cutoff:
@@ -370,11 +380,14 @@ def medication_not_within(
         )
     if unclear:
         started = ", ".join(
-            f"{e.display or e.concept} ({e.ref}, started {e.start or 'date not recorded'})" for e in unclear
+            f"{e.display or e.concept} ({e.ref}, started {e.start or 'date not recorded'}"
+            + (", status unknown" if e.status == "unknown" else "")
+            + ")"
+            for e in unclear
         )
         return Outcome(
             REVIEW,
-            f"{label} with no recorded end date: {started}; confirm it ended before {cutoff}",
+            f"{label} with no recorded end date or status: {started}; confirm it ended before {cutoff}",
             tuple(e.ref for e in unclear),
         )
     return Outcome(MET, f"no {label} within {window}", tuple(e.ref for e in exposures))

@@ -41,11 +41,13 @@ COND_ACTIVE = frozenset({"active", "recurrence", "relapse"})
 COND_INACTIVE = frozenset({"inactive", "remission", "resolved"})
 VERIFICATION_IGNORED = frozenset({"refuted", "entered-in-error"})
 VERIFICATION_UNCONFIRMED = frozenset({"unconfirmed", "provisional", "differential"})
-# Medication statuses that mean the drug was (or is being) given; the others mean it was not.
+# Medication statuses kept: the drug was (or is being) given, or may have been (``unknown``: the
+# record exists but does not say; its readers decide, never skip). The others say it was not given
+# (not-done, not-taken, intended, cancelled, draft, entered-in-error).
 MED_GIVEN = {
-    "MedicationRequest": frozenset({"active", "on-hold", "completed", "stopped"}),
-    "MedicationStatement": frozenset({"active", "on-hold", "completed", "stopped"}),
-    "MedicationAdministration": frozenset({"in-progress", "on-hold", "completed", "stopped"}),
+    "MedicationRequest": frozenset({"active", "on-hold", "completed", "stopped", "unknown"}),
+    "MedicationStatement": frozenset({"active", "on-hold", "completed", "stopped", "unknown"}),
+    "MedicationAdministration": frozenset({"in-progress", "on-hold", "completed", "stopped", "unknown"}),
 }
 MED_ONGOING = frozenset({"active", "on-hold", "in-progress"})
 PROC_DONE = frozenset({"completed", "in-progress", "stopped"})
@@ -501,9 +503,10 @@ class _Mapper:
         else:
             grade = SEVERITY_GRADE.get(next(iter(severities))) if len(severities) == 1 else None
         recorded = date_range(r.get("recordedDate"))
-        if not names and grade is not None:
+        if not names and (grade is not None or r.get("severity") is not None):
             # A graded condition no table names may be a toxicity of treatment; the dose engine
-            # decides by its dates whether it arose on treatment.
+            # decides by its dates whether it arose on treatment. A severity that cannot be read
+            # as a grade marks it too (ungraded: never silently dropped).
             names = {ADVERSE_EVENT}
         if not names:
             return
@@ -590,7 +593,7 @@ class _Mapper:
                     shown,
                     resource_type=rtype,
                     planned=planned,
-                    **dose,
+                    **self._plausible_dose(name, dose),
                 )
             )
 
@@ -630,6 +633,18 @@ class _Mapper:
             except UnitError:
                 continue
         return {"dose_problem": f"dose unit {unit!r} is neither a mass nor a mass per m2"}
+
+    def _plausible_dose(self, concept: str, dose: dict[str, Any]) -> dict[str, Any]:
+        """The dose, or the reason it cannot be used when it is outside the concept's plausible
+        range (``plausible: <concept>.dose-mg`` / ``.dose-mg-per-m2`` in units.yaml)."""
+        kinds = (("dose_mg", "dose-mg", "mg"), ("dose_mg_per_m2", "dose-mg-per-m2", "mg/m2"))
+        for key, suffix, unit in kinds:
+            value = dose.get(key)
+            if value is not None:
+                problem = self._plausible(f"{concept}.{suffix}", value)
+                if problem:
+                    return {"dose_problem": f"{problem} {unit} for one dose"}
+        return dose
 
     def _planned(self, r: dict[str, Any]) -> DateRange | None:
         for dosage in self._dosages("MedicationRequest", r):

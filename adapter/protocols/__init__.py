@@ -1,9 +1,11 @@
 """Protocol variants as data: one YAML file per variant, loaded once.
 
 Each file names its source document in ../shared/sources and lists its criteria in order:
-``id``, ``title``, ``rule`` (a function in adapter.eligibility.rules), ``params`` and ``source``
-("<file> §<section>"). ``windows`` gives freshness limits (days) per concept; ``attestations``
-lists what no data can show and a clinician must confirm.
+``id``, ``title``, ``phase`` (``start``: it gates only the start of treatment; ``continuing``: it
+still applies once treatment has started; docs/criteria.md), ``rule`` (a function in
+adapter.eligibility.rules), ``params`` and ``source`` ("<file> §<section>"). ``windows`` gives
+freshness limits (days) per concept; ``attestations`` lists what no data can show and a clinician
+must confirm.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from adapter.errors import MappingTableError
 
 PROTOCOLS_DIR = Path(__file__).resolve().parent
 VARIANTS = ("fda-label", "nhs-ta514", "es-valtermed", "mdacc-low-dose")
+#: ``start``: the criterion gates only the start of treatment; ``continuing``: it applies throughout
+PHASES = ("start", "continuing")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +34,7 @@ class CriterionSpec:
     rule: str
     params: dict[str, Any]
     source: str
+    phase: str  # one of PHASES
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +75,14 @@ def load_variant(name: str) -> Variant:
     criteria = []
     seen: set[str] = set()
     for raw in doc["criteria"]:
+        phase = raw.get("phase")
+        if phase not in PHASES:
+            what = "no phase" if phase is None else f"unknown phase {phase!r}"
+            raise MappingTableError(
+                f"{path}: criterion {raw.get('id')}: {what} (expected one of: {', '.join(PHASES)})"
+            )
         spec = CriterionSpec(
-            raw["id"], raw["title"], raw["rule"], dict(raw.get("params") or {}), raw["source"]
+            raw["id"], raw["title"], raw["rule"], dict(raw.get("params") or {}), raw["source"], str(phase)
         )
         if spec.id in seen:
             raise MappingTableError(f"{path}: duplicate criterion id {spec.id}")

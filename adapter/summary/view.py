@@ -42,7 +42,11 @@ CRITERION: dict[str, tuple[str, str, str]] = {
     "not-met": ("Not met", "✗", "stop"),
     "unknown": ("Unknown", "?", "unknown"),
     "review": ("Review", "!", "review"),
+    # a start-only criterion once treatment has started; shown with its status at the start
+    "not-applicable": ("Not applicable now", "–", "info"),
 }
+#: the criterion statuses that decide the overall eligibility (counted in the banner)
+COUNTED = ("met", "not-met", "unknown", "review")
 
 #: action: (label, banner headline, tone, doses shown)
 ACTION: dict[str, tuple[str, str, str, bool]] = {
@@ -237,22 +241,35 @@ def _protocol(evaluation: Mapping[str, Any], info: Mapping[str, Any] | None) -> 
     }
 
 
+def _at_start(c: Mapping[str, Any]) -> dict[str, Any]:
+    """The criterion's result at the start of treatment ({} unless it is a start-only criterion
+    reported not-applicable once treatment has started)."""
+    at = _map(c.get("at_start"))
+    return at if c.get("status") == "not-applicable" and at else {}
+
+
 def _criteria(eligibility: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every criterion. A start-only one once treatment has started (``at_start``) is shown with its
+    status, reason and evidence at the start, in a neutral tone: it no longer decides."""
     out = []
     for raw in _list(eligibility.get("criteria")):
         c = _map(raw)
-        label, symbol, tone = _label(CRITERION, c.get("status"), "status")
+        at = _at_start(c)
+        label, symbol, tone = _label(CRITERION, (at or c).get("status"), "status")
         out.append(
             {
                 "id": _text(c.get("id")),
                 "title": _text(c.get("title")),
+                "phase": _text(c.get("phase"), ""),
                 "status": _text(c.get("status")),
+                "at_start": bool(at),
+                "at_start_date": _text(at.get("as_of")) if at else "",
                 "label": label,
                 "symbol": symbol,
-                "tone": tone,
-                "reason": _text(c.get("reason")),
+                "tone": "info" if at else tone,
+                "reason": _text((at or c).get("reason")),
                 "source": _text(c.get("source")),
-                "evidence": _refs(c.get("evidence")),
+                "evidence": _refs((at or c).get("evidence")),
             }
         )
     return out
@@ -262,14 +279,26 @@ def _eligibility(evaluation: Mapping[str, Any], dose: Mapping[str, Any]) -> dict
     e = _map(evaluation.get("eligibility"))
     label, symbol, tone = _label(ELIGIBILITY, e.get("status"), "eligibility status")
     criteria = _criteria(e)
-    counts = {key: sum(1 for c in criteria if c["status"] == key) for key in CRITERION}
-    started = dose.get("treatment_started") is True
+    current = [c for c in criteria if not c["at_start"]]
+    at_start = [c for c in criteria if c["at_start"]]
+    counts = {key: sum(1 for c in current if c["status"] == key) for key in COUNTED}
+    counts["at-start"] = len(at_start)
+    started_on = _text(e.get("treatment_started_on"), "")
+    started = bool(started_on) or dose.get("treatment_started") is True
     as_of = _text(evaluation.get("as_of"))
-    cycles = _list(_map(dose.get("treatment")).get("cycles"))
-    first_day1 = _text(_map(cycles[0]).get("day1"), "") if cycles else ""
-    note = ""
-    if started:
+    heading, banner_label, note = f"Eligibility as of {as_of}", "Eligibility", ""
+    if started_on:  # 0.4.0+: start-only criteria are reported as they were at the start
+        banner_label = "Eligibility (continuing criteria)"
+        note = (
+            f"Treatment started on {started_on}: the start-only criteria (baseline results, washouts, "
+            "history) are shown as they were at the start and no longer decide; the continuation "
+            "rules decide each dose."
+        )
+    elif started:  # an evaluation from before 0.4.0: every criterion judged as of today
+        cycles = _list(_map(dose.get("treatment")).get("cycles"))
+        first_day1 = _text(_map(cycles[0]).get("day1"), "") if cycles else ""
         since = f" on {first_day1}" if first_day1 else ""
+        heading, banner_label = f"{heading} (for reference)", "Eligibility (pre-treatment, for reference)"
         note = (
             f"Treatment started{since}: these pre-treatment criteria (e.g. stale baseline results, "
             "washouts) no longer decide the dose; the continuation rules do. Shown for reference."
@@ -280,10 +309,15 @@ def _eligibility(evaluation: Mapping[str, Any], dose: Mapping[str, Any]) -> dict
         "symbol": symbol,
         "tone": tone,
         "criteria": criteria,
+        "current": current,
+        "at_start": at_start,
+        "at_start_heading": f"At start ({at_start[0]['at_start_date']})" if at_start else "",
         "counts": counts,
         "attestations": [_text(a) for a in _list(e.get("attestations"))],
         "treatment_started": started,
-        "heading": f"Eligibility as of {as_of} (for reference)" if started else f"Eligibility as of {as_of}",
+        "started_on": started_on,
+        "heading": heading,
+        "banner_label": banner_label,
         "note": note,
     }
 
@@ -479,6 +513,7 @@ def _findings(dose: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "source": _text(f.get("source")),
                 "effect": _label(ACTION, effect, "action")[0] if effect is not None else "",
                 "evidence": _refs(f.get("evidence")),
+                "check": _text(f.get("check")) if f.get("check") is not None else "",
             }
         )
     # Unrecognised severities first (order -1), then critical, warning, info; stable otherwise.
@@ -573,7 +608,10 @@ def _safety(
             if rx.search(att)
         ]
         found += [
-            ("criterion", f"criterion {c['id']}: {c['symbol']} {c['label']}")
+            (
+                "criterion",
+                f"criterion {c['id']}: {c['symbol']} {c['label']}" + (" at start" if c["at_start"] else ""),
+            )
             for c in criteria
             if rx.search(f"{c['id']} {c['title']}")
         ]
@@ -608,11 +646,19 @@ def _add_cites(node: Any, source_file: str) -> None:
 # ---------------------------------------------------------------------------- changes
 
 
-def _key_statuses(evaluation: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+def _criterion_status_text(c: Mapping[str, Any]) -> str:
+    """A criterion's status in words; a start-only one once treatment has started, at the start."""
+    at = _at_start(c)
+    if at:
+        return f"{_label(CRITERION, at.get('status'), 'status')[0]} at start, {_text(at.get('as_of'))}"
+    return _label(CRITERION, c.get("status"), "status")[0]
+
+
+def _key_statuses(evaluation: Mapping[str, Any]) -> dict[str, str]:
     out = {}
     for raw in _list(_map(evaluation.get("eligibility")).get("criteria")):
         c = _map(raw)
-        out[_text(c.get("id"))] = (_text(c.get("status")), _text(c.get("title")))
+        out[_text(c.get("id"))] = _criterion_status_text(c)
     return out
 
 
@@ -647,15 +693,11 @@ def compute_changes(current: Mapping[str, Any], previous: Mapping[str, Any]) -> 
         _label(ELIGIBILITY, e_new.get("status"), "eligibility status")[0],
     )
     old_c, new_c = _key_statuses(previous), _key_statuses(current)
-    for cid, (status, _title) in new_c.items():
+    for cid, status in new_c.items():
         if cid not in old_c:
-            changes.append(f"Criterion {cid}: new ({_label(CRITERION, status, 'status')[0]})")
-        elif old_c[cid][0] != status:
-            changed(
-                f"Criterion {cid}",
-                _label(CRITERION, old_c[cid][0], "status")[0],
-                _label(CRITERION, status, "status")[0],
-            )
+            changes.append(f"Criterion {cid}: new ({status})")
+        else:
+            changed(f"Criterion {cid}", old_c[cid], status)
     changes.extend(f"Criterion {cid}: no longer listed" for cid in old_c if cid not in new_c)
     old_att = {_text(a) for a in _list(e_old.get("attestations"))}
     new_att = [_text(a) for a in _list(e_new.get("attestations"))]
@@ -677,13 +719,17 @@ def compute_changes(current: Mapping[str, Any], previous: Mapping[str, Any]) -> 
     )
     changed("BSA formula", _text(d_old.get("bsa_formula")), _text(d_new.get("bsa_formula")))
     f_old, f_new = _finding_keys(d_old), _finding_keys(d_new)
+    # information (checks passed, notes) appearing or going is not a change worth a clinician's line
     for fid, severity in f_new.items():
         if fid not in f_old:
-            changes.append(f"New finding: {fid} ({severity})")
+            if severity != "info":
+                changes.append(f"New finding: {fid} ({severity})")
         elif f_old[fid] != severity:
             changed(f"Finding {fid}", f_old[fid], severity)
     changes.extend(
-        f"Finding no longer present: {fid} ({sev})" for fid, sev in f_old.items() if fid not in f_new
+        f"Finding no longer present: {fid} ({sev})"
+        for fid, sev in f_old.items()
+        if fid not in f_new and sev != "info"
     )
     return changes
 
@@ -715,7 +761,10 @@ def build_view(
     action = _action(dose, calendar)
     eligibility = _eligibility(evaluation, dose)
     advice = _sourced(dose.get("advice"))
-    findings = _findings(dose)
+    all_findings = _findings(dose)
+    # pre-dose checks that passed are one line ("Checked before the dose"), not a finding each
+    findings = [f for f in all_findings if not f["check"]]
+    checks = list(dict.fromkeys(f["check"] for f in all_findings if f["check"]))
     monitoring = _monitoring(advice, findings, stop=action["tone"] == "stop")
     monitoring_ids = {a["id"] for a in monitoring["advice"]}
     safety = _safety(advice, eligibility["attestations"], eligibility["criteria"], findings, monitoring_ids)
@@ -737,13 +786,15 @@ def build_view(
         "monitoring": monitoring,
         "advice": [a for a in advice if a["id"] not in monitoring_ids],
         "findings": findings,
+        "checks": checks,
         "safety": safety,
         "treatment": _treatment(dose),
         "changes": changes,
         "first_summary": previous is None,
         # Long lists (criteria, and changes printed in two columns) print in a smaller type so
         # that the page still fits on one sheet.
-        "dense": len(eligibility["criteria"]) + (len(changes) + 1) // 2 > DENSE_CRITERIA,
+        "dense": len(eligibility["criteria"]) + bool(eligibility["at_start"]) + (len(changes) + 1) // 2
+        > DENSE_CRITERIA,
         "previous_as_of": _text(previous.get("as_of")) if previous is not None else "",
         "footer": {
             "adapter_version": __version__,

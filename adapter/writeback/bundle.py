@@ -190,12 +190,17 @@ class _Assembler:
         return ref
 
     def evidence_refs(self) -> list[str]:
-        """Observations the decision used: BSA inputs, criteria evidence, dose findings evidence."""
+        """Observations the decision used: BSA inputs, criteria evidence, dose findings evidence.
+
+        A start-only criterion once treatment has started (not-applicable) decides nothing: its
+        at-start evidence is not listed.
+        """
         dose = self.ev.get("dose") or {}
         inputs = dose.get("bsa_inputs") or {}
         refs = [inputs.get("weight") or "", inputs.get("height") or ""]
         for c in (self.ev.get("eligibility") or {}).get("criteria") or []:
-            refs += c.get("evidence") or []
+            if c.get("status") != "not-applicable":
+                refs += c.get("evidence") or []
         for f in dose.get("findings") or []:
             refs += f.get("evidence") or []
         return build.unique(refs)
@@ -304,9 +309,10 @@ class _Assembler:
         prefix: str = "",
         exclude: str | None = None,
     ) -> None:
-        """A DetectedIssue per warning or critical finding, implicating ``implicated`` (else its evidence)."""
+        """A DetectedIssue per kind of warning or critical finding (findings of one id, e.g. bilirubin
+        and ALT both out of limits, become one issue), implicating ``implicated`` (else the evidence)."""
         severity = self.codes.detected_issue.severity
-        for f in findings:
+        for f in _merge_by_id(findings):
             sev = severity.get(f.get("severity", ""))
             if sev is None:
                 continue
@@ -348,12 +354,13 @@ class _Assembler:
             f"c{dose['cycle']}.d{dose['day']}" if dose.get("cycle") and dose.get("day") else self.ev["as_of"]
         )
         self.finding_issues(dose.get("findings") or [], anchor, device_ref, implicated=orders)
-        if dose.get("treatment_started"):
-            return  # criteria judged as of today are for reference once treatment runs (docs/writeback.md)
+        eligibility = self.ev["eligibility"]
+        if dose.get("treatment_started") or eligibility.get("treatment_started_on"):
+            return  # once treatment runs the dose findings speak; criteria are not issues (docs/writeback.md)
         criterion_severity = self.codes.detected_issue.criterion_severity
-        for c in self.ev["eligibility"]["criteria"]:
+        for c in eligibility["criteria"]:
             sev = criterion_severity.get(c["status"])
-            if sev is None:
+            if sev is None or c["status"] == "not-applicable":
                 continue
             key = self.key(self.systems.issue, f"criterion-{c['id']}", anchor)
             evidence = [r for r in c.get("evidence") or [] if "/" in r]
@@ -454,3 +461,22 @@ def build_check_transaction(
     }
     assembler = _Assembler(context, settings or WriteSettings(), now, existing or {}, load_codes())
     return assembler.assemble_check(check)
+
+
+_SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+
+
+def _merge_by_id(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One finding per id, in first-seen order: the worst severity, the reasons and evidence of all."""
+    merged: dict[str, dict[str, Any]] = {}
+    for f in findings:
+        seen = merged.get(f["id"])
+        if seen is None:
+            merged[f["id"]] = dict(f)
+            continue
+        if _SEVERITY_RANK.get(f.get("severity", ""), 0) > _SEVERITY_RANK.get(seen.get("severity", ""), 0):
+            seen["severity"] = f.get("severity")
+        if f["reason"] not in seen["reason"].split("; "):
+            seen["reason"] = f"{seen['reason']}; {f['reason']}"
+        seen["evidence"] = list(dict.fromkeys([*(seen.get("evidence") or []), *(f.get("evidence") or [])]))
+    return list(merged.values())

@@ -91,7 +91,85 @@ def sixth_cycle_done_low_dose() -> PatientBuilder:
     return pre_dose_labs(b)
 
 
+def cr_on_the_dose_day() -> PatientBuilder:
+    """Cycle 1 given; the marrow read this morning, on cycle 2 day 1, shows CR."""
+    b = dosing_patient("cr-today", TODAY, start=21)
+    give(b, 21, C1)
+    b.fact("response", "CR", days_ago=0)
+    b.fact("hsct-candidate", "no", days_ago=1)
+    return pre_dose_labs(b)
+
+
+def cr_then_pd() -> PatientBuilder:
+    """CR on day 15 of cycle 1, progressive disease reported the day before cycle 2 day 1."""
+    b = dosing_patient("cr-pd", TODAY, start=21)
+    give(b, 21, C1)
+    b.fact("response", "CR", days_ago=6)
+    b.fact("response", "PD", days_ago=1)
+    b.fact("hsct-candidate", "no", days_ago=1)
+    return pre_dose_labs(b)
+
+
+def toxicity_spanning_interruption() -> PatientBuilder:
+    """Grade 3 stomatitis from cycle 1 day 4 (long before the interruption) lasting until cycle 2
+    was given 14 days late; today is cycle 2 day 8."""
+    b = dosing_patient("tox-span", TODAY, start=42)
+    give(b, 42, [*C1, (35, 1.2)])
+    b.toxicity("Stomatitis", 3, onset_days_ago=39, clinical="resolved", abatement_days_ago=8)
+    b.fact("response", "NR", days_ago=30)
+    b.fact("hsct-candidate", "no", days_ago=30)
+    return pre_dose_labs(b)
+
+
+def third_modification() -> PatientBuilder:
+    """Three interruptions of 14 days, each spanned by a toxicity: the third is due today."""
+    b = dosing_patient("third-mod", TODAY, start=119)
+    give(b, 119, [*C1, (35, 1.2), (42, 0.75), (49, 0.75), (77, 1.2), (84, 0.75)])
+    b.fact("response", "CR", days_ago=99)
+    b.fact("hsct-candidate", "no", days_ago=99)
+    for onset, end in ((3, 34), (45, 76), (80, 118)):
+        b.toxicity(
+            "Diarrhoea", 2, onset_days_ago=119 - onset, clinical="resolved", abatement_days_ago=119 - end
+        )
+    return pre_dose_labs(b)
+
+
+def unreadable_administration_today() -> PatientBuilder:
+    """Day 8 is due today; an administration of today has status unknown (given or not?)."""
+    b = dosing_patient("unreadable-today", TODAY, start=7)
+    give(b, 7, C1[:1])
+    b.administration(0, 1.0, status="unknown")
+    b.fact("hsct-candidate", "no", days_ago=1)
+    return pre_dose_labs(b)
+
+
+def suspected_vod() -> PatientBuilder:
+    """A provisional VOD/SOS diagnosis two days before day 15."""
+    b = dosing_patient("vod-suspected", TODAY, start=14)
+    give(b, 14, C1[:2])
+    b.condition(
+        ICD10, "K76.5", "Hepatic veno-occlusive disease", onset_days_ago=2, verification="provisional"
+    )
+    b.fact("hsct-candidate", "no", days_ago=1)
+    return pre_dose_labs(b, bili=30)
+
+
+def first_dose_liver_out_of_limits() -> PatientBuilder:
+    """Before the first dose: bilirubin 1.9 × ULN and ALT 3 × ULN this morning."""
+    b = dosing_patient("first-liver", TODAY, start=0)
+    b.lab("bilirubin-total", 40, days_ago=0)
+    b.lab("alt", 123, days_ago=0)
+    return b
+
+
 CASES: dict[str, tuple[Callable[[], PatientBuilder], tuple[str, ...]]] = {
+    "cr-on-the-dose-day": (cr_on_the_dose_day, ALL),
+    "cr-then-pd": (cr_then_pd, ALL),
+    "toxicity-spanning-interruption": (toxicity_spanning_interruption, ALL),
+    "third-modification": (third_modification, ("fda-label", "nhs-ta514", "es-valtermed")),
+    "unreadable-administration-today": (unreadable_administration_today, ALL),
+    "suspected-vod": (suspected_vod, ALL),
+    "first-dose-liver-out-of-limits": (first_dose_liver_out_of_limits, ALL),
     "c2-after-cr": (c2_after_cr, ALL),
     "c2-after-nr": (c2_after_nr, ALL),
     "interruption-14-days": (interruption_14_days, ALL),
