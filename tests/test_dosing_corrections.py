@@ -296,12 +296,25 @@ def test_uk_counts_outside_the_limits_on_day_8_or_15_need_authorisation(
     assert "counts-outside-limits" in ids(d, "review")
 
 
-def test_uk_first_dose_limits_agree_between_eligibility_and_dose() -> None:
+@pytest.mark.parametrize(
+    ("lab", "value", "finding"),
+    [
+        ("neutrophils", 0.8, "counts-outside-limits"),
+        ("platelets", 40, "counts-outside-limits"),
+        ("bilirubin-total", 35, "hepatic-first-dose"),  # 1.67 × ULN
+        ("alt", 110, "hepatic-first-dose"),  # 2.68 × ULN
+        ("creatinine", 900, "renal-limit"),  # CrCl about 10 mL/min
+    ],
+)
+def test_uk_first_dose_limits_agree_between_eligibility_and_dose(
+    lab: str, value: float, finding: str
+) -> None:
     b = dosing_patient("p", TODAY, 0)
-    b.lab("neutrophils", 0.8, days_ago=0)
+    b.lab(lab, value, days_ago=0)
     r = result(b, "nhs-ta514")
     assert r["eligibility"]["status"] == "needs-review"
-    assert r["dose"]["action"] == "review" and "counts-outside-limits" in ids(r["dose"], "review")
+    assert r["dose"]["action"] == "review" and finding in ids(r["dose"], "review")
+    assert mgs(r["dose"]) == [1.6, 1.0, 1.0]  # listed for the prescriber to authorise
 
 
 # -- 6. pre-dose checks on the first dose too --------------------------------------------------------

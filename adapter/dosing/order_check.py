@@ -23,9 +23,12 @@ from adapter.eligibility.engine import evaluate_eligibility
 from adapter.protocols import load_variant
 
 TOLERANCE = Decimal("0.10")
-TOLERANCE_SOURCE = (
-    "mdacc-low-dose-phase2.txt §8.1.3 (a dose 10% above or below the prescribed one is a dosing error)"
-)
+#: MD Anderson states the ±10% rule; for the other variants it is adapter policy taken from it
+TOLERANCE_SOURCES = {
+    "mdacc-low-dose": "mdacc-low-dose-phase2.txt §8.1.3 (a dose 10% above or below the prescribed one is a "
+    "dosing error)",
+}
+TOLERANCE_POLICY = "docs/dosing.md §Checking an order (±10%: adapter policy, after MD Anderson §8.1.3)"
 CHECK_DOC = "docs/dosing.md §Checking an order"
 #: plan actions that forbid the ordered dose outright
 FORBIDDEN = {Action.DISCONTINUE, Action.NOT_ELIGIBLE, Action.COMPLETE, Action.DELAY, Action.OMIT}
@@ -122,7 +125,11 @@ def check_order(
     for f in plan.findings:
         if f.effect is None:
             continue
-        severity = Severity.CRITICAL if f.effect in FORBIDDEN else Severity.WARNING
+        severity = (
+            Severity.CRITICAL
+            if f.effect in FORBIDDEN or f.severity is Severity.CRITICAL
+            else Severity.WARNING
+        )
         reason = f.reason
         if f.id == "next-dose-not-due" and plan.window is not None:  # ordered before the window opens
             severity = Severity.CRITICAL
@@ -153,7 +160,9 @@ def check_order(
                     severity=Severity.CRITICAL,
                 )
             )
-    findings.extend(_dose_findings(exposure, plan, order_ref))
+    findings.extend(
+        _dose_findings(exposure, plan, order_ref, TOLERANCE_SOURCES.get(protocol, TOLERANCE_POLICY))
+    )
     if not any(f.severity is not Severity.INFO for f in findings):
         findings.append(
             finding("order-agrees", "dose, day and timing agree with the plan", CHECK_DOC, (order_ref,))
@@ -161,7 +170,9 @@ def check_order(
     return OrderCheck(order_ref, record.ref, protocol, order_date, findings, plan)
 
 
-def _dose_findings(exposure: Exposure, plan: DosePlan, order_ref: str) -> list[Finding]:
+def _dose_findings(
+    exposure: Exposure, plan: DosePlan, order_ref: str, tolerance_source: str
+) -> list[Finding]:
     if exposure.dose_problem:
         return [
             finding(
@@ -207,9 +218,9 @@ def _dose_findings(exposure: Exposure, plan: DosePlan, order_ref: str) -> list[F
             finding(
                 "dose-mismatch",
                 text + " (outside ±10%)",
-                TOLERANCE_SOURCE,
+                tolerance_source,
                 (order_ref,),
                 severity=Severity.CRITICAL,
             )
         ]
-    return [finding("dose-within-tolerance", text + " (within ±10%)", TOLERANCE_SOURCE, (order_ref,))]
+    return [finding("dose-within-tolerance", text + " (within ±10%)", tolerance_source, (order_ref,))]

@@ -18,21 +18,23 @@ ALL = ("fda-label", "nhs-ta514", "es-valtermed", "mdacc-low-dose")
 C1 = [(0, 1.6), (7, 1.0), (14, 1.0)]
 
 
-def _cycle_2(pid: str, response: str) -> PatientBuilder:
-    """Cycle 1 given on days 1, 8, 15; ``response`` on the day-21 marrow; cycle 2 day 1 due today."""
+def _cycle_2(pid: str, *responses: tuple[str, int]) -> PatientBuilder:
+    """Cycle 1 given on days 1, 8, 15; the response assessments (value, days ago); cycle 2 day 1
+    due today."""
     b = dosing_patient(pid, TODAY, start=21)
     give(b, 21, C1)
-    b.fact("response", response, days_ago=1)
+    for value, days_ago in responses:
+        b.fact("response", value, days_ago=days_ago)
     b.fact("hsct-candidate", "no", days_ago=1)
     return pre_dose_labs(b)
 
 
 def c2_after_cr() -> PatientBuilder:
-    return _cycle_2("c2-cr", "CR")
+    return _cycle_2("c2-cr", ("CR", 1))
 
 
 def c2_after_nr() -> PatientBuilder:
-    return _cycle_2("c2-nr", "NR")
+    return _cycle_2("c2-nr", ("NR", 1))
 
 
 def interruption_14_days() -> PatientBuilder:
@@ -93,21 +95,12 @@ def sixth_cycle_done_low_dose() -> PatientBuilder:
 
 def cr_on_the_dose_day() -> PatientBuilder:
     """Cycle 1 given; the marrow read this morning, on cycle 2 day 1, shows CR."""
-    b = dosing_patient("cr-today", TODAY, start=21)
-    give(b, 21, C1)
-    b.fact("response", "CR", days_ago=0)
-    b.fact("hsct-candidate", "no", days_ago=1)
-    return pre_dose_labs(b)
+    return _cycle_2("cr-today", ("CR", 0))
 
 
 def cr_then_pd() -> PatientBuilder:
     """CR on day 15 of cycle 1, progressive disease reported the day before cycle 2 day 1."""
-    b = dosing_patient("cr-pd", TODAY, start=21)
-    give(b, 21, C1)
-    b.fact("response", "CR", days_ago=6)
-    b.fact("response", "PD", days_ago=1)
-    b.fact("hsct-candidate", "no", days_ago=1)
-    return pre_dose_labs(b)
+    return _cycle_2("cr-pd", ("CR", 6), ("PD", 1))
 
 
 def toxicity_spanning_interruption() -> PatientBuilder:
