@@ -19,8 +19,15 @@ VARIANTS = ("fda-label", "nhs-ta514", "es-valtermed", "mdacc-low-dose")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _say(message: str) -> None:
+    """One line on stderr. Data in ``message`` (file names, ids) cannot break it or steer the terminal."""
+    from adapter.safe_text import clean
+
+    click.echo(f"ino-adapter: {clean(message)}", err=True)
+
+
 def _fail(message: str, code: int) -> None:
-    click.echo(f"ino-adapter: error: {message}", err=True)
+    _say(f"error: {message}")
     sys.exit(code)
 
 
@@ -128,7 +135,7 @@ def main(debug: bool) -> None:
     "--out",
     "out_dir",
     type=click.Path(file_okay=False, writable=True),
-    help="Also write, per patient, OUT/<patient id>/<variant>/: evaluation.json, summary.html, "
+    help="Also write, per patient, OUT/<patient id>_<hash>/<variant>/: evaluation.json, summary.html, "
     "summary.md and bundle.json (the FHIR transaction that writes the result back).",
 )
 @site_settings_option
@@ -161,6 +168,7 @@ def evaluate(
         mappings,
         validate=not no_validate,
         bsa_formula=bsa_formula,  # type: ignore[arg-type]
+        site_settings=site_settings,  # part of the rule-set digest (issue #10)
     )
     if fmt == "ndjson":
         for result in run.results:
@@ -172,11 +180,14 @@ def evaluate(
         click.echo(render_text(run.results))
     if run.ignored:
         counts = ", ".join(f"{n} {t}" for t, n in sorted(run.ignored.items()))
-        click.echo(f"ino-adapter: ignored resources the protocol does not use: {counts}", err=True)
+        _say(f"ignored resources the protocol does not use: {counts}")
+    for note in run.notes:
+        _say(f"warning: {note}")
     for orphan in run.orphans:
-        click.echo(f"ino-adapter: warning: {orphan}", err=True)
+        _say(f"warning: {orphan}")
     if out_dir is not None:
         from adapter.outputs import write_patient
+        from adapter.safe_text import patient_tag
         from adapter.writeback.settings import load_settings
 
         settings = load_settings(site_settings)
@@ -185,13 +196,12 @@ def evaluate(
         for result in run.results:
             written = write_patient(Path(out_dir), result, now, settings, existing)
             plan = written.plan.summary()
-            click.echo(
-                f"ino-adapter: {result['patient']}: {result['dose']['action']}; wrote {written.folder}/ "
-                f"(bundle: {plan['entries']} entries)",
-                err=True,
+            _say(
+                f"{patient_tag(result['patient'])}: {result['dose']['action']}; wrote {written.folder}/ "
+                f"(bundle: {plan['entries']} entries)"
             )
             for note in plan["not_touched"]:
-                click.echo(f"ino-adapter: not touched: {note}", err=True)
+                _say(f"not touched: {note}")
 
 
 @main.command("check-order")
@@ -270,6 +280,7 @@ def check_order(
         mappings,
         not no_validate,
         bsa_formula,  # type: ignore[arg-type]
+        site_settings=site_settings,
     )
     if fmt == "json":
         sys.stdout.buffer.write(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
@@ -284,10 +295,6 @@ def check_order(
     order = ("info", "warning", "critical")
     if fail_on != "never" and order.index(result["verdict"]) >= order.index(fail_on):
         sys.exit(int(ExitCode.ORDER_REJECTED))
-
-
-if __name__ == "__main__":
-    main()
 
 
 @main.command()
@@ -308,7 +315,7 @@ if __name__ == "__main__":
 )
 @click.option(
     "--template-dir",
-    type=click.Path(exists=True, file_okay=False),
+    type=click.Path(file_okay=False),  # a missing directory is exit 3 (check_template_dir)
     help="Site templates searched before the packaged ones (overrides site settings).",
 )
 @site_settings_option
@@ -331,9 +338,10 @@ def render(
     """Render the clinician summary of EVALUATION (an evaluation JSON from `evaluate`)."""
     from adapter.outputs import read_evaluation
     from adapter.summary.render import render_summary
-    from adapter.writeback.settings import load_settings
+    from adapter.writeback.settings import check_template_dir, load_settings
 
     settings = load_settings(site_settings)
+    check_template_dir(template_dir, "--template-dir")
     evaluation = read_evaluation(evaluation_path)
     previous = read_evaluation(previous_path) if previous_path else None
     text = render_summary(
@@ -346,3 +354,7 @@ def render(
         Path(output_path).write_text(text, encoding="utf-8")
     else:
         click.echo(text, nl=False)
+
+
+if __name__ == "__main__":
+    main()

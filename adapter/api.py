@@ -9,6 +9,7 @@ Each result is the evaluation JSON contract (docs/contract.md) as a dict.
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,13 +26,17 @@ from adapter.dosing.history import first_dose_day
 from adapter.eligibility.engine import evaluate_eligibility
 from adapter.eligibility.results import CriterionResult, Eligibility
 from adapter.errors import InputError, MappingTableError
+from adapter.input.attribution import attribute_broken, placeholder_patients
 from adapter.input.reader import InputBatch, SourcedResource, read_input, read_resources
 from adapter.input.validate import validate_all
 from adapter.mapping.record import RecordSet, build_records
 from adapter.mapping.tables import load_tables
-from adapter.protocols import load_variant, ruleset_digest
+from adapter.protocols import load_variant
+from adapter.ruleset import ruleset_json
+from adapter.safe_text import patient_tag, redact_orphan
 from adapter.writeback.bundle import Existing, existing_from_resources
 from adapter.writeback.keys import Key
+from adapter.writeback.settings import load_settings_file
 
 
 @dataclass(slots=True)
@@ -39,6 +44,9 @@ class EvaluationRun:
     results: list[dict[str, Any]] = field(default_factory=list)
     ignored: Counter[str] = field(default_factory=Counter)  # resource types not used, with counts
     orphans: list[str] = field(default_factory=list)  # resources with no Patient in the input
+    #: Input problems that cost no run, one line each, without patient data: bulk data lines that
+    #: could not be read (and whose patient's input-integrity is unknown), files skipped.
+    notes: list[str] = field(default_factory=list)
     #: The input's resources, kept (not copied) so that write-back can index them on demand.
     sources: list[SourcedResource] = field(default_factory=list)
 
@@ -126,6 +134,25 @@ def map_resources(resources: list[SourcedResource], mappings: Sequence[str], val
     return build_records(resources, tables, invalid)
 
 
+def map_batch(batch: InputBatch, mappings: Sequence[str], validate: bool) -> tuple[RecordSet, list[str]]:
+    """Map a batch; lines that could not be read make their own patients' input-integrity unknown.
+
+    Returns the records (orphan warnings without patient references) and the notes.
+    """
+    records = map_resources([*batch.resources, *placeholder_patients(batch)], mappings, validate)
+    attributed = attribute_broken(records.records, batch.broken)
+    records.orphans = [redact_orphan(o) for o in records.orphans] + attributed.orphans
+    skipped = [f"skipped {name}: {why}" for name, why in batch.skipped]
+    return records, skipped + attributed.notes
+
+
+def rule_set(protocol: str, mappings: Sequence[str], site_settings: str | Path | None) -> dict[str, Any]:
+    """The ``ruleset`` block: the variant, tables and site settings in force, and their digest
+    (adapter.ruleset). Loads (so checks) the tables and settings: a bad file stops before any output."""
+    settings = load_settings_file(str(site_settings))[1] if site_settings is not None else None
+    return ruleset_json(load_variant(protocol), load_tables(tuple(str(m) for m in mappings)), settings)
+
+
 def evaluate_batch(
     batch: InputBatch,
     protocol: str,
@@ -134,14 +161,18 @@ def evaluate_batch(
     validate: bool = True,
     source: str = "input",
     bsa_formula: Formula = "mosteller",
+    site_settings: str | Path | None = None,
 ) -> EvaluationRun:
     variant = load_variant(protocol)
-    records = map_resources(batch.resources, mappings, validate)
+    ruleset = rule_set(protocol, mappings, site_settings)
+    records, notes = map_batch(batch, mappings, validate)
     if not records.records:
-        raise InputError(source, "no Patient resource in the input")
+        skipped = f" ({len(batch.skipped)} file(s) skipped: not FHIR)" if batch.skipped else ""
+        raise InputError(source, f"no Patient resource in the input{skipped}")
     run = EvaluationRun(
         ignored=batch.ignored,
         orphans=records.orphans,
+        notes=notes,
         sources=batch.resources,
     )
     for record in records.records:
@@ -165,7 +196,7 @@ def evaluate_batch(
                 "patient": record.ref,
                 "protocol": variant.name,
                 "protocol_title": variant.title,
-                "ruleset": {"version": variant.version, "digest": ruleset_digest(variant.name)},
+                "ruleset": copy.deepcopy(ruleset),
                 "as_of": as_of.isoformat(),
                 "subject": subject_json(record, as_of),
                 "eligibility": eligibility_json(eligibility),
@@ -182,9 +213,12 @@ def evaluate_path(
     mappings: Sequence[str] = (),
     validate: bool = True,
     bsa_formula: Formula = "mosteller",
+    site_settings: str | Path | None = None,
 ) -> EvaluationRun:
-    """Evaluate a file or directory (Bundle, resource, NDJSON)."""
-    return evaluate_batch(read_input(path), protocol, as_of, mappings, validate, str(path), bsa_formula)
+    """Evaluate a file or directory (Bundle, resource, NDJSON). ``site_settings`` (the write-back
+    settings file, if any) takes part in the rule-set digest."""
+    batch = read_input(path)
+    return evaluate_batch(batch, protocol, as_of, mappings, validate, str(path), bsa_formula, site_settings)
 
 
 def evaluate_resources(
@@ -194,9 +228,11 @@ def evaluate_resources(
     mappings: Sequence[str] = (),
     validate: bool = True,
     bsa_formula: Formula = "mosteller",
+    site_settings: str | Path | None = None,
 ) -> EvaluationRun:
     """Evaluate already-parsed resources or Bundles (e.g. from an integration engine)."""
-    return evaluate_batch(read_resources(items), protocol, as_of, mappings, validate, "<api>", bsa_formula)
+    batch = read_resources(items)
+    return evaluate_batch(batch, protocol, as_of, mappings, validate, "<api>", bsa_formula, site_settings)
 
 
 def check_order_path(
@@ -207,23 +243,31 @@ def check_order_path(
     mappings: Sequence[str] = (),
     validate: bool = True,
     bsa_formula: Formula = "mosteller",
+    site_settings: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Check the inotuzumab MedicationRequest in ORDER against the plan for its patient in CONTEXT."""
+    """Check the inotuzumab MedicationRequest in ORDER against the plan for its patient in CONTEXT.
+
+    The result carries the ``ruleset`` block (as an evaluation does), for the Provenance of --bundle."""
     from adapter.dosing.order_check import check_order
     from adapter.mapping.fhir_values import normalise_reference, reference
     from adapter.mapping.record import resource_ref
 
     order_batch = read_input(order_path)
+    if order_batch.broken:
+        raise InputError(order_batch.broken[0].origin, order_batch.broken[0].fault)
     orders = [r for r in order_batch.resources if r.resource.get("resourceType") == "MedicationRequest"]
     if len(orders) != 1:
         raise InputError(str(order_path), f"expected one MedicationRequest, found {len(orders)}")
     order = orders[0]
     context = read_input(context_path)
     order_ref = resource_ref(order)
-    items = [r for r in context.resources if resource_ref(r) != order_ref] + [order]
-    records = map_resources(items, mappings, validate)
+    context.resources = [r for r in context.resources if resource_ref(r) != order_ref] + [order]
+    records, _ = map_batch(context, mappings, validate)
     subject = reference(order.resource.get("subject"))
     record = next((r for r in records.records if subject and r.ref == normalise_reference(subject)), None)
     if record is None:
-        raise InputError(str(context_path), f"the order's patient {subject!r} is not in the context")
-    return check_order(record, order_ref, protocol, as_of, bsa_formula).as_json()
+        fault = f"the order's patient ({patient_tag(subject)}) is not in the context"
+        raise InputError(str(context_path), fault if subject else "the order names no patient")
+    result = check_order(record, order_ref, protocol, as_of, bsa_formula).as_json()
+    result["ruleset"] = rule_set(protocol, mappings, site_settings)
+    return result

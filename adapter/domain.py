@@ -35,7 +35,10 @@ class Reading:
     day: date
     status: str
     number: float | None = None
-    comparator: str | None = None  # "<", "<=", ">=", ">" when the lab reported a bound
+    #: "<", "<=", ">=", ">" when the result is a bound, not a measurement (quantities and integers
+    #: alike): a rule reads it through ``bounds`` and decides only where the whole bound is on one
+    #: side of its limit ("ad" is never a Reading: it is not a measurement)
+    comparator: str | None = None
     unit: str | None = None
     coded: str | None = None
     uln: float | None = None
@@ -71,15 +74,23 @@ class Unusable:
     reason: str
 
 
+#: ``ConditionFact.clinical_status`` when the clinicalStatus is recorded but cannot be read (no HL7
+#: system, a code the system does not have): not a code of the HL7 code system
+UNREADABLE_STATUS = "unknown"
+
+
 @dataclass(frozen=True, slots=True)
 class ConditionFact:
     concept: str
     ref: str
-    active: bool  # clinicalStatus active/recurrence/relapse (or absent)
+    #: clinicalStatus active/recurrence/relapse (or absent, with no abatement); True too when the
+    #: clinicalStatus cannot be read (possibly active: ``status_problem`` says why)
+    active: bool
+    #: the HL7 code; None when not recorded; UNREADABLE_STATUS when recorded but unreadable
     clinical_status: str | None
-    confirmed: (
-        bool  # verificationStatus confirmed (or absent); False for unconfirmed/provisional/differential
-    )
+    #: verificationStatus confirmed (or absent); False for unconfirmed/provisional/differential and
+    #: when the verificationStatus cannot be read (``status_problem``)
+    confirmed: bool
     onset: DateRange | None = None
     abatement: DateRange | None = None
     severity: str | None = None  # "mild" | "moderate" | "severe" | None
@@ -89,6 +100,9 @@ class ConditionFact:
     grade: int | None = None
     grade_exact: bool = False
     recorded: DateRange | None = None  # Condition.recordedDate
+    #: why the clinicalStatus or verificationStatus cannot be read (no HL7 system, unknown code):
+    #: the status is unknown, never the default (docs/criteria.md §Conditions)
+    status_problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +139,10 @@ class ProcedureFact:
 class AllergyFact:
     concept: str
     ref: str
-    active: bool
-    confirmed: bool
+    active: bool  # True too when the clinicalStatus cannot be read
+    confirmed: bool  # False too when the verificationStatus cannot be read
     display: str = ""
+    status_problem: str | None = None
 
 
 @dataclass(slots=True)
@@ -135,6 +150,11 @@ class PatientRecord:
     ref: str  # "Patient/<id>"
     birth_date: DateRange | None = None
     birth_problem: str | None = None
+    #: Patient.deceasedBoolean true or a deceasedDateTime (criterion ``alive``); ``deceased_on`` is
+    #: the date when one is given; ``deceased_problem`` why a deceased[x] cannot be read
+    deceased: bool = False
+    deceased_on: DateRange | None = None
+    deceased_problem: str | None = None
     gender: str | None = None
     #: Display name and medical record number, for the clinician summary only (rules never read them).
     name: str | None = None

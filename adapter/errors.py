@@ -10,7 +10,7 @@ class ExitCode(IntEnum):
 
     OK = 0
     USAGE = 1  # reserved for usage errors reported by click itself (click uses 2; see cli.py)
-    BAD_INPUT = 2  # unusable input: not JSON, not FHIR, unknown resourceType, no Patient ...
+    BAD_INPUT = 2  # unusable input: not JSON, not FHIR, unknown resourceType, no Patient ...; unsafe --out
     BAD_MAPPINGS = 3  # a --mappings file or a shipped table is malformed
     ORDER_REJECTED = 4  # check-order --fail-on: the order's verdict reached the given severity
     FHIR_SERVER = 5  # a FHIR server refused a request, answered with an error, or could not be reached
@@ -42,3 +42,9 @@ class MappingTableError(AdapterError):
     """A mapping or protocol table that does not follow its documented format."""
 
     exit_code = ExitCode.BAD_MAPPINGS
+
+
+class OutputError(AdapterError):
+    """An output folder that cannot be written safely (outside ``--out``, or another patient's)."""
+
+    exit_code = ExitCode.BAD_INPUT

@@ -1,9 +1,13 @@
-"""Per-patient output folders (an I/O edge): ``<out>/<patient id>/<variant>/``.
+"""Per-patient output folders (an I/O edge): ``<out>/<slug>_<hash>/<variant>/``.
 
 Each folder holds the evaluation (``evaluation.json``), the rendered summaries (``summary.html``,
 ``summary.md``) and the transaction Bundle that writes them back (``bundle.json``). The evaluation
 written last time becomes ``previous-evaluation.json`` when the new one differs, so the summary can
 say what changed; re-running with the same data rewrites identical files.
+
+A folder's name is safe and unique per patient reference (:func:`folder_name`); a folder that
+would resolve outside ``<out>`` (e.g. through a symbolic link) or that holds another patient's
+evaluation is refused, never written.
 """
 
 from __future__ import annotations
@@ -15,12 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from adapter.errors import InputError, OutputError
+from adapter.safe_text import patient_tag
 from adapter.summary.render import SUMMARY_FORMATS, render_summary
 from adapter.writeback.bundle import Existing, WritePlan, build_transaction
 from adapter.writeback.keys import Key
 from adapter.writeback.settings import WriteSettings
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_PATIENT_ID = re.compile(r"Patient/([A-Za-z0-9\-.]{1,64})")
+_VARIANT = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+#: Deeper JSON is not an evaluation (the contract nests a few levels); refusing it keeps every
+#: later comparison and rendering away from recursion limits.
+MAX_DEPTH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,16 +45,55 @@ def _dump(data: Any) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
+def _depth_within(value: Any, limit: int) -> bool:
+    """True when ``value`` nests no deeper than ``limit`` (iteratively: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth > limit:
+                return False
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return True
+
+
 def _read_json(path: Path) -> Any:
+    """Parsed JSON, or None when it is unreadable, not JSON, has non-finite numbers or nests too deep."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        value = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
         return None
+    return value if _depth_within(value, MAX_DEPTH) else None
 
 
-def folder_for(out_dir: Path, evaluation: dict[str, Any]) -> Path:
-    patient_id = str(evaluation["patient"]).split("/", 1)[-1]
-    return out_dir / (_UNSAFE.sub("_", patient_id) or "_") / str(evaluation["protocol"])
+def folder_name(evaluation: Mapping[str, Any]) -> str:
+    """``<slug>_<hash>``: the hash (10 hex, as in messages' ``patient <hash>``) is of the full patient
+    reference, so two references never share a folder (``p:1`` and ``p_1``, ``P1`` and ``p1`` on a
+    case-insensitive disk). The slug is the Patient's logical id when the reference is
+    ``Patient/<id>`` (FHIR id characters only, leading dots and dashes dropped, never containing
+    the patient's MRN), else ``patient``. FHIR ids cannot contain ``_``, so the last ``_`` starts
+    the hash.
+    """
+    ref = str(evaluation.get("patient"))
+    m = _PATIENT_ID.fullmatch(ref)
+    slug = m.group(1).lstrip(".-") if m else ""
+    subject = evaluation.get("subject")
+    mrn = subject.get("mrn") if isinstance(subject, Mapping) else None
+    if isinstance(mrn, str) and mrn.strip() and mrn.strip().lower() in slug.lower():
+        slug = ""
+    return f"{slug or 'patient'}_{patient_tag(ref).rsplit(' ', 1)[-1]}"
+
+
+def folder_for(out_dir: Path, evaluation: Mapping[str, Any]) -> Path:
+    """The patient's folder for the evaluation's variant; refused when it resolves outside ``out_dir``."""
+    variant = evaluation.get("protocol")
+    if not isinstance(variant, str) or not _VARIANT.fullmatch(variant):
+        raise OutputError("--out: the evaluation's protocol is not a variant name; nothing written")
+    folder = out_dir / folder_name(evaluation) / variant
+    root = out_dir.resolve()
+    if not folder.resolve().is_relative_to(root):
+        raise OutputError(f"--out: {folder} resolves outside {out_dir}; nothing written there")
+    return folder
 
 
 def render_summaries(
@@ -64,12 +115,21 @@ def write_patient(
     """Write one patient's folder and return it with the write plan."""
     folder = folder_for(out_dir, evaluation)
     folder.mkdir(parents=True, exist_ok=True)
+    if not folder.resolve().is_relative_to(out_dir.resolve()):  # a link made while we looked
+        raise OutputError(f"--out: {folder} resolves outside {out_dir}; nothing written there")
     current_path, previous_path = folder / "evaluation.json", folder / "previous-evaluation.json"
     last = _read_json(current_path)
+    if isinstance(last, dict) and last.get("patient") != evaluation["patient"]:
+        raise OutputError(
+            f"--out: {folder} holds another patient's evaluation; not overwritten "
+            f"({patient_tag(evaluation['patient'])})"
+        )
     if isinstance(last, dict) and last != evaluation and last.get("protocol") == evaluation["protocol"]:
         previous_path.write_text(_dump(last), encoding="utf-8")
     previous = _read_json(previous_path)
-    summaries = render_summaries(evaluation, previous if isinstance(previous, dict) else None, settings)
+    if not _same_subject(previous, evaluation):
+        previous = None  # a stray or tampered file: the summary compares with nothing
+    summaries = render_summaries(evaluation, previous, settings)
     plan = build_transaction(evaluation, summaries, now, settings, existing)
     current_path.write_text(_dump(evaluation), encoding="utf-8")
     (folder / "summary.html").write_text(summaries["html"], encoding="utf-8")
@@ -78,11 +138,25 @@ def write_patient(
     return PatientOutput(folder, plan)
 
 
-def read_evaluation(path: str | Path) -> dict[str, Any]:
-    """An evaluation JSON written by ``evaluate`` (one object, the contract's keys)."""
-    from adapter.errors import InputError
+def _same_subject(previous: Any, evaluation: Mapping[str, Any]) -> bool:
+    return (
+        isinstance(previous, dict)
+        and previous.get("patient") == evaluation.get("patient")
+        and previous.get("protocol") == evaluation.get("protocol")
+    )
 
+
+#: The keys an evaluation must have, with their JSON types.
+_REQUIRED: dict[str, type] = {"contract": str, "patient": str, "protocol": str, "eligibility": dict}
+
+
+def read_evaluation(path: str | Path) -> dict[str, Any]:
+    """An evaluation JSON written by ``evaluate`` (one object, the contract's keys).
+
+    Anything else (not JSON, numbers too large for a double, nesting deeper than ``MAX_DEPTH``,
+    the contract's keys missing or of the wrong type) is an :class:`InputError`.
+    """
     data = _read_json(Path(path))
-    if not isinstance(data, dict) or not {"contract", "patient", "protocol", "eligibility"} <= set(data):
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), t) for k, t in _REQUIRED.items()):
         raise InputError(str(path), "not an evaluation JSON written by `ino-adapter evaluate` (one patient)")
     return data

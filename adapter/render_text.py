@@ -1,8 +1,14 @@
-"""Plain-text rendering of evaluation results for a terminal."""
+"""Plain-text rendering of evaluation results for a terminal.
+
+Every string from the results passes through :func:`adapter.safe_text.clean` first: a value
+prints on its own line's remainder (no line breaks, no terminal escapes, no bidi reordering).
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+from adapter.safe_text import clean_data
 
 MARK = {
     "met": "[met]    ",
@@ -15,12 +21,16 @@ MARK = {
 
 def render_text(results: list[dict[str, Any]]) -> str:
     out: list[str] = []
-    for r in results:
+    for r in clean_data(results):
         e = r["eligibility"]
         started = e.get("treatment_started_on")
         since = f" (treatment started on {started}: start-only criteria shown at start)" if started else ""
         out.append(
             f"{r['patient']}  protocol {r['protocol']}  as of {r['as_of']}: {e['status'].upper()}{since}"
+        )
+        out.extend(  # a site table removed a safety-critical code (mappings/README.md): always said
+            f"  SITE OVERRIDE: {o['file']} excludes {o['code']} from {o['concept']}: {o['reason']}"
+            for o in (r.get("ruleset") or {}).get("site_overrides") or ()
         )
         for c in e["criteria"]:
             out.append(f"  {MARK.get(c['status'], c['status'])} {c['id']}: {_criterion_text(c)}")
@@ -65,6 +75,7 @@ def _dose_lines(d: dict[str, Any]) -> list[str]:
 
 
 def render_check(c: dict[str, Any]) -> str:
+    c = clean_data(c)
     out = [
         f"{c['order']} for {c['patient']} ({c['protocol']}, dose date {c['order_date']}): "
         f"{c['verdict'].upper()}"

@@ -13,9 +13,11 @@ for protocol in fda-label nhs-ta514 es-valtermed mdacc-low-dose; do
     --out out/
 done
 echo
-echo "Per patient and variant, out/<patient>/<variant>/ now holds evaluation.json, summary.html,"
-echo "summary.md and bundle.json (the FHIR transaction that writes the result back). For example:"
-ls -1 out/p09-cycle-2/nhs-ta514/
+echo "Per patient and variant, out/<patient id>_<hash>/<variant>/ now holds evaluation.json,"
+echo "summary.html, summary.md and bundle.json (the FHIR transaction that writes the result back)."
+echo "For example:"
+folder=$(.venv/bin/python -c 'from adapter.outputs import folder_name; print(folder_name({"patient": "Patient/p09-cycle-2"}))')
+ls -1 "out/$folder/nhs-ta514/"
 echo
-echo "------- out/p09-cycle-2/nhs-ta514/summary.md -------"
-cat out/p09-cycle-2/nhs-ta514/summary.md
+echo "------- out/$folder/nhs-ta514/summary.md -------"
+cat "out/$folder/nhs-ta514/summary.md"

@@ -34,7 +34,7 @@ TODAY = date(2026, 11, 21)
 START = 21  # days ago
 STARTED_ON = (TODAY - timedelta(days=START)).isoformat()  # 2026-10-31
 C1 = [(0, 1.6), (7, 1.0), (14, 1.0)]
-CONTINUING = {"input-integrity", "b-all-diagnosis", "all-diagnosis"}
+CONTINUING = {"input-integrity", "alive", "b-all-diagnosis", "all-diagnosis"}
 
 
 def on_treatment() -> PatientBuilder:
@@ -60,17 +60,17 @@ def record_of(b: PatientBuilder) -> PatientRecord:
 
 # -- the variant files --------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_every_criterion_has_a_phase_and_only_integrity_and_diagnosis_continue(variant: str) -> None:
+def test_every_criterion_has_a_phase_and_only_integrity_alive_and_diagnosis_continue(variant: str) -> None:
     specs = load_variant(variant).criteria
     assert all(s.phase in PHASES for s in specs)
     continuing = {s.id for s in specs if s.phase == "continuing"}
-    assert continuing == {s.id for s in specs if s.rule in ("input_integrity", "diagnosis_present")}
-    assert continuing <= CONTINUING and "input-integrity" in continuing and len(continuing) == 2
+    assert continuing == {s.id for s in specs if s.rule in ("input_integrity", "alive", "diagnosis_present")}
+    assert continuing <= CONTINUING and {"input-integrity", "alive"} <= continuing and len(continuing) == 3
 
 
 def _load_edited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: Any) -> None:
     doc = yaml.safe_load((protocols.PROTOCOLS_DIR / "nhs-ta514.yaml").read_text(encoding="utf-8"))
-    edit(doc["criteria"][3])
+    edit(next(c for c in doc["criteria"] if c["id"] == "relapsed-or-refractory"))
     (tmp_path / "nhs-ta514.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
     monkeypatch.setattr(protocols, "PROTOCOLS_DIR", tmp_path)
     load_variant.__wrapped__("nhs-ta514")  # bypass the cache: the shipped files stay loaded

@@ -15,6 +15,8 @@ from click.testing import CliRunner
 import cli
 from adapter.api import evaluate_path, evaluate_resources
 from adapter.errors import InputError
+from adapter.render_text import render_text
+from adapter.safe_text import clean, patient_tag, redact_orphan
 from tests.conftest import TODAY, criterion, eligible_patient
 from tests.support.make_examples import EXAMPLES_DIR
 from tests.test_examples import EXPECTED
@@ -151,8 +153,12 @@ def test_unusable_input_exits_2_with_one_line_naming_file_and_fault(
 
 def test_bad_ndjson_line_names_the_line(tmp_path: Path) -> None:
     path = write(tmp_path, "x.ndjson", b'{"resourceType": "Patient", "id": "a"}\n{oops\n')
-    with pytest.raises(InputError, match=r"x\.ndjson:2: not JSON"):
-        evaluate_path(path, "fda-label", TODAY)
+    run = evaluate_path(path, "fda-label", TODAY)  # the patient is evaluated; the line is reported
+    assert [r["patient"] for r in run.results] == ["Patient/a"]
+    assert run.orphans == [f"{path}:2: not JSON; ignored: its patient cannot be told"]
+    only = write(tmp_path, "y.ndjson", b"{oops\n[1]\n")  # not one resource: unusable
+    with pytest.raises(InputError, match=r"y\.ndjson:1: not JSON"):
+        evaluate_path(only, "fda-label", TODAY)
 
 
 def test_resources_for_absent_patients_are_reported_not_used(tmp_path: Path) -> None:
@@ -171,7 +177,8 @@ def test_resources_for_absent_patients_are_reported_not_used(tmp_path: Path) -> 
     )
     result = run_cli("evaluate", str(path), "-p", "nhs-ta514", "--as-of", "2026-11-21")
     assert result.exit_code == 0
-    assert "Patient/nobody" in result.stderr
+    assert "Observation/stray" in result.stderr and patient_tag("Patient/nobody") in result.stderr
+    assert "Patient/nobody" not in result.stderr  # messages name patients by a hash of the reference
     assert json.loads(result.stdout)["eligibility"]["status"] == "eligible"
 
 
@@ -316,3 +323,254 @@ def test_bad_as_of_is_a_usage_error() -> None:
     )
     assert result.exit_code == 2
     assert "YYYY-MM-DD" in result.output
+
+
+# -- bulk data: one bad line costs one patient, not the run (issue #10 §3) -------------------------
+def _ndjson(resources: list[dict[str, Any]]) -> list[bytes]:
+    return [orjson.dumps(r) for r in resources]
+
+
+def _three_patients() -> tuple[list[bytes], dict[str, list[int]]]:
+    """NDJSON lines of three eligible patients, and which line numbers (1-based) are whose."""
+    lines: list[bytes] = []
+    owners: dict[str, list[int]] = {}
+    for pid in ("pa", "pb", "pc"):
+        for line in _ndjson(eligible_patient(pid).resources):
+            lines.append(line)
+            owners.setdefault(pid, []).append(len(lines))
+    return lines, owners
+
+
+def test_a_broken_ndjson_line_makes_only_its_patient_unknown(tmp_path: Path) -> None:
+    lines, owners = _three_patients()
+    n = owners["pb"][12] - 1  # one of pb's Observations, truncated mid-way: not JSON
+    assert b'"subject":{"reference":"Patient/pb"}' in lines[n]
+    lines[n] = lines[n][: lines[n].index(b'"subject"') + 40]
+    path = write(tmp_path, "all.ndjson", b"\n".join(lines) + b"\n")
+    result = run_cli("evaluate", str(path), "-p", "nhs-ta514", "--as-of", "2026-11-21", "--format", "ndjson")
+    assert result.exit_code == 0, result.output
+    rows = {r["patient"]: r for r in map(json.loads, result.stdout.splitlines())}
+    assert rows["Patient/pa"]["eligibility"]["status"] == "eligible"
+    assert rows["Patient/pc"]["eligibility"]["status"] == "eligible"
+    pb = rows["Patient/pb"]
+    assert criterion(pb, "input-integrity")["status"] == "unknown"
+    assert f"all.ndjson line {n + 1} cannot be read (not JSON)" in criterion(pb, "input-integrity")["reason"]
+    assert pb["eligibility"]["status"] == "insufficient-data"
+    assert pb["dose"]["doses"] == []
+    warnings = [line for line in result.stderr.splitlines() if "all.ndjson" in line]
+    assert len(warnings) == 1
+    assert f"all.ndjson:{n + 1}: not JSON" in warnings[0]
+    assert "Patient/pb" not in result.stderr and "pb-" not in result.stderr  # nothing from the line
+
+
+def test_a_broken_patient_line_still_gives_that_patient_a_blocked_result(tmp_path: Path) -> None:
+    lines, owners = _three_patients()
+    n = owners["pc"][0] - 1  # pc's Patient resource itself
+    lines[n] = lines[n].replace(b'"resourceType":"Patient",', b'"resourceType":"Patient",,')
+    path = write(tmp_path, "all.ndjson", b"\n".join(lines))
+    run = evaluate_path(path, "nhs-ta514", TODAY)
+    assert run.orphans == []  # pc's other resources still have their patient
+    pc = next(r for r in run.results if r["patient"] == "Patient/pc")
+    assert criterion(pc, "input-integrity")["status"] == "unknown"
+    assert pc["eligibility"]["status"] != "eligible" and pc["dose"]["doses"] == []
+    assert pc["subject"]["name"] is None  # nothing is read from the broken line
+    assert [r["eligibility"]["status"] for r in run.results if r["patient"] != "Patient/pc"] == [
+        "eligible"
+    ] * 2
+
+
+@pytest.mark.parametrize(
+    ("line", "fault"),
+    [
+        (b'[{"subject": {"reference": "Patient/pb"}}]', "not a FHIR resource (a JSON list"),
+        (
+            b'{"status": "final", "subject": {"reference": "Patient/pb"}}',
+            "not a FHIR resource (no resourceType)",
+        ),
+        (b'{"resourceType": "Banana", "patient": {"reference": "Patient/pb"}}', "unknown resourceType"),
+    ],
+)
+def test_a_line_that_is_not_a_resource_costs_its_patient(tmp_path: Path, line: bytes, fault: str) -> None:
+    lines, _ = _three_patients()
+    path = write(tmp_path, "all.ndjson", b"\n".join([*lines, line]))
+    run = evaluate_path(path, "nhs-ta514", TODAY)
+    by = {r["patient"]: r for r in run.results}
+    assert by["Patient/pb"]["eligibility"]["status"] == "insufficient-data"
+    assert (
+        by["Patient/pa"]["eligibility"]["status"] == by["Patient/pc"]["eligibility"]["status"] == "eligible"
+    )
+    (note,) = run.notes
+    assert note.startswith(f"{path}:{len(lines) + 1}: {fault}")
+
+
+def test_bulk_export_directory_skips_what_is_not_fhir(tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    export.mkdir()
+    lines, _ = _three_patients()
+    write(export, "Patient.ndjson", b"\n".join(lines))
+    manifest = {
+        "transactionTime": "2026-11-21T08:00:00Z",
+        "request": "https://ehr.example.org/fhir/$export",
+        "requiresAccessToken": True,
+        "output": [{"type": "Patient", "url": "https://ehr.example.org/files/Patient.ndjson"}],
+        "error": [{"type": "OperationOutcome", "url": "https://ehr.example.org/files/log.ndjson"}],
+    }
+    write(export, "manifest.json", manifest)
+    write(export, "generator-metadata.json", {"generator": "synthea", "seed": 7, "patients": 3})
+    write(export, "progress.jsonl", b'{"step": 1}\n{"step": 2}\n')
+    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "processing"}]}
+    write(export, "log.ndjson", orjson.dumps(outcome) + b"\n" + orjson.dumps(outcome) + b"\n")
+    result = run_cli("evaluate", str(export), "-p", "fda-label", "--as-of", "2026-11-21")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)) == 3
+    skipped = [line for line in result.stderr.splitlines() if "skipped" in line]
+    assert len(skipped) == 3
+    assert any("manifest.json: not a FHIR resource (no resourceType)" in line for line in skipped)
+    assert any("generator-metadata.json" in line for line in skipped)
+    assert any("progress.jsonl: no FHIR resource on any line" in line for line in skipped)
+    assert "2 OperationOutcome" in result.stderr  # not patient data: counted, not used
+    # a file given on its own that is not FHIR is still unusable
+    result = run_cli("evaluate", str(export / "manifest.json"), "-p", "fda-label")
+    assert result.exit_code == 2 and "no resourceType" in result.stderr
+    # a directory with nothing but such files: no patient
+    (export / "Patient.ndjson").unlink()
+    result = run_cli("evaluate", str(export), "-p", "fda-label")
+    assert result.exit_code == 2 and "no Patient resource in the input (3 file(s) skipped" in result.stderr
+
+
+def test_a_corrupt_json_file_in_a_directory_costs_the_patients_it_names(tmp_path: Path) -> None:
+    d = tmp_path / "bundles"
+    d.mkdir()
+    write(d, "a.json", eligible_patient("pa").bundle())
+    write(d, "b.json", eligible_patient("pb").bundle())
+    extra = eligible_patient("pb").bundle()
+    write(d, "b-more.json", orjson.dumps(extra)[:-300])  # truncated: not JSON
+    run = evaluate_path(d, "nhs-ta514", TODAY)
+    by = {r["patient"]: r for r in run.results}
+    assert by["Patient/pa"]["eligibility"]["status"] == "eligible"
+    assert criterion(by["Patient/pb"], "input-integrity")["status"] == "unknown"
+    assert "b-more.json cannot be read (not JSON)" in criterion(by["Patient/pb"], "input-integrity")["reason"]
+
+
+# -- messages carry no PHI and cannot be forged (issue #10 §4, §5) ---------------------------------
+SECRET_MRN = "MRN-SECRET-4711"
+CONDITIONAL = f"Patient?identifier=urn:oid:2.16.840.1.113883.19.5|{SECRET_MRN}"
+
+
+def _assert_no_phi(text: str) -> None:
+    for leak in (SECRET_MRN, "identifier=", "Zebedee", "Quackenbush", "1980-03-14"):
+        assert leak not in text
+
+
+def _named_patient(pid: str = "p1") -> Any:
+    b = eligible_patient(pid)
+    b.resources[0]["name"] = [{"family": "Quackenbush", "given": ["Zebedee"]}]
+    b.resources[0]["identifier"][0]["value"] = SECRET_MRN
+    return b
+
+
+def test_orphan_warnings_name_no_conditional_reference(tmp_path: Path) -> None:
+    b = _named_patient()
+    stray = copy.deepcopy(b.resources[5])
+    stray["id"] = "stray"
+    stray["subject"] = {"reference": CONDITIONAL}
+    path = write(
+        tmp_path,
+        "b.json",
+        {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": r} for r in [*b.resources, stray]],
+        },
+    )
+    result = run_cli("evaluate", str(path), "-p", "nhs-ta514", "--as-of", "2026-11-21", "--format", "text")
+    assert result.exit_code == 0
+    assert "Observation/stray" in result.stderr and "ignored: its patient (patient " in result.stderr
+    _assert_no_phi(result.stderr)  # the output itself (stdout) may carry the patient's data
+
+
+def test_check_order_errors_name_no_conditional_reference(tmp_path: Path) -> None:
+    b = _named_patient()
+    order = b.inotuzumab_order(0, 1.5)
+    b.resources.remove(order)
+    order["subject"] = {"reference": CONDITIONAL}
+    order_path = write(tmp_path, "order.json", order)
+    context = write(tmp_path, "context.json", b.bundle())
+    result = run_cli("check-order", str(order_path), "--context", str(context), "-p", "nhs-ta514")
+    assert result.exit_code == 2
+    assert "the order's patient (patient " in result.stderr and "is not in the context" in result.stderr
+    _assert_no_phi(result.output)
+
+
+def test_out_messages_name_no_patient_data(tmp_path: Path) -> None:
+    b = _named_patient(f"pid-{SECRET_MRN}")  # an id that carries the MRN is not used for the folder
+    path = write(tmp_path, "b.json", b.bundle())
+    out = tmp_path / "out"
+    result = run_cli("evaluate", str(path), "-p", "nhs-ta514", "--as-of", "2026-11-21", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    _assert_no_phi(result.stderr)
+    assert "patient " in result.stderr and "wrote " in result.stderr
+    (folder,) = out.iterdir()
+    assert folder.name.startswith("patient_")
+
+
+def test_a_file_name_cannot_forge_an_error_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "x\nino-adapter: error: \x1b[31mforged\u202e.json", b"{oops")
+    result = run_cli("evaluate", str(path), "-p", "fda-label")
+    assert result.exit_code == 2
+    assert len(result.stderr.splitlines()) == 1
+    assert "\x1b" not in result.stderr and "\u202e" not in result.stderr
+    assert "\ufffd" in result.stderr
+
+
+def test_text_output_cannot_forge_lines_or_steer_the_terminal() -> None:
+    b = eligible_patient()
+    forged = "ALL\n  [met]     forged: ok\r\x1b[2J\x07\u2028[met] x\u202eevil\x85"
+    b.resources[1]["code"]["text"] = forged
+    b.resources[1]["code"]["coding"][0]["display"] = forged
+    run = evaluate_resources(b.resources, "nhs-ta514", TODAY)
+    text = render_text(run.results)
+    assert not any(line.lstrip().startswith("[met]     forged") for line in text.splitlines())
+    assert "forged" in text
+    for bad in ("\x1b", "\x07", "\r", "\u2028", "\u202e", "\x85"):
+        assert bad not in text
+    assert len(text.splitlines()) == len(
+        render_text(evaluate_resources(eligible_patient().resources, "nhs-ta514", TODAY).results).splitlines()
+    )
+
+
+def test_clean_neutralises_controls_and_keeps_text() -> None:
+    from adapter.writeback.keys import patient_key
+
+    assert clean("Bilirubin ≤ 1.5 × ULN — ok (Grüße, 日本)") == "Bilirubin ≤ 1.5 × ULN — ok (Grüße, 日本)"
+    assert clean("a\r\nb\nc\rd\ve\ff\u2028g\u2029h\x85i\tj") == "a b c d e f g h i j"
+    assert clean("\x00\x07\x08\x1b\x7f\x9b\u200e\u200f\u061c\u202a\u202e\u2066\u2069\ud800") == "\ufffd" * 14
+    assert patient_tag("Patient/p1") == "patient " + patient_key("Patient/p1")[:10]
+
+
+def test_orphan_messages_are_redacted_whatever_their_wording() -> None:
+    ref = "Patient?identifier=sys|MRN-1\n"
+    assert redact_orphan(
+        f"Observation/o (f.json#entry[1]) ignored: its patient {ref!r} is not in the input"
+    ) == (f"Observation/o (f.json#entry[1]) ignored: its patient ({patient_tag(ref)}) is not in the input")
+    plain = "Observation/o (f.json#entry[1]) ignored: it has no patient reference"
+    assert redact_orphan(plain) == plain
+    assert "MRN" not in redact_orphan(
+        "Observation/o (f.json) ignored: subject 'Patient?identifier=MRN-1' unknown"
+    )
+
+
+def test_the_scan_of_a_broken_line_finds_its_patients_only() -> None:
+    from adapter.input.reader import _broken
+
+    patient = b'{"resourceType": "Patient", "name": [{"id": "n1"}], "meta": {"id": "m"}, "id": "p-1", "x": '
+    assert _broken("f:1", "not JSON", patient).patient_id == "p-1"  # the outermost id, not a nested one
+    assert _broken("f:1", "not JSON", b'{"resourceType": "Patient", "id": "../x"').patient_id is None
+    obs = (
+        b'{"resourceType": "Observation", "id": "o", "subject": {"display": "x", "reference": '
+        b'"https://h/fhir/Patient/p1/_history/2"}, "performer": [{"reference": "Practitioner/x"}], '
+        b'"contained": [{"resourceType": "X", "patient": {"reference": "Patient/p\\u0032"}}'
+    )
+    line = _broken("f:1", "not JSON (unexpected end)", obs)
+    assert line.references == ("https://h/fhir/Patient/p1/_history/2", "Patient/p2")
+    assert line.patient_id is None and line.fault == "not JSON" and line.where == "f line 1"

@@ -84,6 +84,10 @@ def test_weight_in_any_known_unit_is_normalised_to_kg(
         (0, "kg", "implausible"),
         (401, "kg", "implausible"),
         (-3, "kg", "implausible"),
+        (80, "g", "implausible"),  # 0.08 kg: an entry in the wrong unit (issue #10)
+        (399, "kg", "implausible"),
+        (19.9, "kg", "implausible"),
+        (250.1, "kg", "implausible"),
     ],
 )
 def test_unusable_weight_is_kept_with_its_reason(value: float, unit: str, reason: str) -> None:
@@ -93,7 +97,8 @@ def test_unusable_weight_is_kept_with_its_reason(value: float, unit: str, reason
 
 
 def test_height_plausibility_limits() -> None:
-    for value, ok in ((39.9, False), (40, True), (250, True), (250.1, False)):
+    # adults and adolescents from 12 (mappings/units.yaml: body-height 100-230 cm)
+    for value, ok in ((99.9, False), (100, True), (230, True), (230.1, False), (40, False)):
         b = new_patient()
         b.lab("body-height", value)
         rec = record_of(b.resources)

@@ -265,10 +265,10 @@ def test_start_only_criteria_are_shown_at_start_once_treatment_started() -> None
     assert ev["eligibility"]["treatment_started_on"] == "2026-10-31"
     assert ev["eligibility"]["status"] == "eligible" and ev["dose"]["action"] == "administer"
     view = build_view(ev)["eligibility"]
-    assert [c["id"] for c in view["current"]] == ["input-integrity", "all-diagnosis"]
+    assert [c["id"] for c in view["current"]] == ["input-integrity", "alive", "all-diagnosis"]
     washout = next(c for c in view["at_start"] if c["id"] == "monoclonal-antibody-2-weeks")
     assert (washout["label"], washout["symbol"], washout["tone"]) == ("Met", "✓", "info")
-    assert view["counts"] == {"met": 2, "not-met": 0, "unknown": 0, "review": 0, "at-start": 19}
+    assert view["counts"] == {"met": 3, "not-met": 0, "unknown": 0, "review": 0, "at-start": 19}
     assert view["at_start_heading"] == "At start (2026-10-31)"
     for fmt in SUMMARY_FORMATS:
         out = render(ev, fmt)
@@ -281,7 +281,7 @@ def test_start_only_criteria_are_shown_at_start_once_treatment_started() -> None
         # the current list comes first, then the start-only criteria at the start
         assert out.index("all-diagnosis") < out.index("At start (2026-10-31)") < out.index("age-12")
     html = render(ev, "html")
-    assert '<tr class="not-met">' not in html and '<tr class="at-start">' in html
+    assert '<tr class="not-met">' not in html and '<tr class="at-start at-start-' in html
     fresh = render(evaluation("p01-ph-neg-relapse", "nhs-ta514"), "html")
     assert "for reference" not in fresh and "At start" not in fresh
 
@@ -449,9 +449,9 @@ def _hostile() -> dict[str, Any]:
     ev["subject"]["name"] = "<script>alert(1)</script>"
     hostile = "<b>& [click](javascript:alert(2)) *bold* _it_ `code` | cell &amp;"
     criteria = ev["eligibility"]["criteria"]
-    assert criteria[1]["phase"] == "start" and criteria[2]["phase"] == "continuing"
-    criteria[1]["at_start"]["reason"] = hostile  # shown at start (treatment has started)
-    criteria[2]["reason"] = hostile
+    assert criteria[2]["phase"] == "start" and criteria[3]["phase"] == "continuing"
+    criteria[2]["at_start"]["reason"] = hostile  # shown at start (treatment has started)
+    criteria[3]["reason"] = hostile
     ev["dose"]["treatment"]["cycles"][0]["best_response"] = "CR | <img src=x onerror=alert(3)>"
     return ev
 
@@ -477,11 +477,38 @@ def test_markdown_neutralises_markup_in_values() -> None:
     assert len(re.findall(r"(?<!\\)\|", table_row)) == 7  # still six cells
 
 
+CONTROLS = (
+    "\x00\x07\x08\x1b\x7f\x85\x9b\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+BREAKS = "\r\n\r\x0b\x0c\u2028\u2029"
+
+
+@pytest.mark.parametrize("fmt", SUMMARY_FORMATS)
+def test_control_and_bidi_characters_are_neutralised(fmt: str) -> None:
+    ev = evaluation("p09-cycle-2", "nhs-ta514")
+    forged = f"Alex{BREAKS}[met] forged\x1b[2J\u202eevil"
+    ev["subject"]["name"] = forged
+    continuing = next(c for c in ev["eligibility"]["criteria"] if c["phase"] == "continuing")
+    continuing["reason"] = f"ok{BREAKS}| x | forged row |{CONTROLS}"
+    ev["dose"]["findings"][0]["reason"] = f"a{CONTROLS}b"
+    ev["dose"]["treatment"]["toxicities"] = [{"display": "Rash\n- forged item", "grade": "2\x1b[31m"}]
+    out = render(ev, fmt)
+    for c in CONTROLS + "\r\x0b\x0c\u2028\u2029":
+        assert c not in out, repr(c)
+    assert "\ufffd" in out  # neutralised visibly
+    lines = out.splitlines()
+    assert not any(
+        line.lstrip().startswith(("[met] forged", "| x | forged", "- forged", "\\| x")) for line in lines
+    )
+    assert shown("Alex [met] forged\ufffd[2J\ufffdevil", fmt) in out
+
+
 def test_md_escape_keeps_ordinary_text_readable() -> None:
     assert md_escape("CD22 on 86 % of blasts (required > 0%); U+Es & LFTs") == (
         "CD22 on 86 % of blasts (required > 0%); U+Es & LFTs"
     )
     assert md_escape("line\nbreak") == "line break"
+    assert md_escape("a\u2028b\x1b[1mc\u202e") == "a b\ufffd\\[1mc\ufffd"
     assert md_escape(None) == "—"
 
 
@@ -654,6 +681,15 @@ def test_number_and_date_formatting() -> None:
     assert day_text(None) == "—"
 
 
+def test_absurd_numbers_are_shown_as_written_never_expanded() -> None:
+    """A tampered evaluation: no crash (decimal overflow) and no billion-digit string."""
+    assert fixed(1e300, 2, "mg") == "1e+300"
+    assert plain("1e999999999", "mg") == "1e999999999"
+    assert fixed(10**40, 2) == str(10**40)
+    assert fixed(float("inf"), 2) == "inf" and plain(float("nan")) == "nan"
+    assert fixed(123456.785, 2, "mg") == "123456.79 mg"
+
+
 # ------------------------------------------------------------------------------ goldens
 
 
@@ -680,3 +716,14 @@ def test_golden_p09(fmt: str) -> None:
     if UPDATE:
         expected.write_text(out, encoding="utf-8")
     assert out == expected.read_text(encoding="utf-8")
+
+
+def test_a_site_override_of_a_safety_critical_code_is_printed() -> None:
+    ev = copy.deepcopy(evaluation("p09-cycle-2", "nhs-ta514"))
+    ev["ruleset"]["site_overrides"] = [
+        {"file": "site.yaml", "concept": "vod-sos", "code": "icd10 K76.5", "reason": "local <b>coding</b>"}
+    ]
+    for fmt in SUMMARY_FORMATS:
+        out = render(ev, fmt)
+        assert "SITE OVERRIDE of a safety-critical code: vod-sos icd10 K76.5 excluded by site.yaml" in out
+        assert "<b>coding</b>" not in out  # data, not markup

@@ -285,7 +285,7 @@ def test_a_not_applicable_criterion_never_raises_an_issue(monkeypatch: pytest.Mo
     ev = evaluation("p09-cycle-2", "mdacc-low-dose")
     ev["dose"]["treatment_started"] = False
     ev["eligibility"]["treatment_started_on"] = None
-    ev["eligibility"]["criteria"][2]["status"] = "not-met"  # all-diagnosis (continuing)
+    next(c for c in ev["eligibility"]["criteria"] if c["id"] == "all-diagnosis")["status"] = "not-met"
     bundle = build_transaction(ev, SUMMARIES, NOW).bundle
     raised = {i["code"]["text"] for i in of_type(bundle, "DetectedIssue")}
     assert "all-diagnosis" in raised  # criteria are checked: treatment is taken as not started

@@ -17,19 +17,42 @@ from typing import Any
 
 from adapter.checks.outcome import Outcome, Status, combine_all
 from adapter.checks.select import Selection, latest
-from adapter.domain import ConditionFact, PatientRecord, Reading
+from adapter.domain import ConditionFact, DateRange, PatientRecord, Reading
 
 MET, NOT_MET, UNKNOWN, REVIEW = Status.MET, Status.NOT_MET, Status.UNKNOWN, Status.REVIEW
+#: An age above this (a birth date more than 120 years before the as-of date) is not a patient's
+#: age but an entry error (the oldest verified human lived 122 years): age is unknown.
+MAX_PLAUSIBLE_AGE_YEARS = 120
 
 
 @dataclass(frozen=True, slots=True)
 class CheckContext:
-    """The record, the day the check is for, and how values may be chosen (status, freshness)."""
+    """The record, the day the check is for, and how values may be chosen (status, freshness).
+
+    ``now`` is the evaluation's as-of date when the check is for an earlier day (the at-start view
+    of docs/criteria.md judges as of the first dose): a fact dated after ``as_of`` but on or before
+    ``now`` is a later fact, left out; one dated after ``now`` is impossible (dated in the future)
+    and is never silently left out (``in_future``).
+    """
 
     record: PatientRecord
     as_of: date
     accept_preliminary: bool = False
     windows: dict[str, int] = field(default_factory=dict)  # concept -> max age in days
+    now: date | None = None
+
+    @property
+    def today(self) -> date:
+        """The evaluation's as-of date: anything dated after it is dated in the future."""
+        return self.now or self.as_of
+
+    def in_future(self, when: DateRange | None) -> bool:
+        """Dated after the evaluation's as-of date: an impossible date for a fact."""
+        return when is not None and when.earliest > self.today
+
+    def later(self, when: DateRange | None) -> bool:
+        """Dated after the day judged but not in the future: not yet part of the record then."""
+        return when is not None and self.as_of < when.earliest <= self.today
 
     def select(self, concept: str, max_age_days: int | None = None, label: str | None = None) -> Selection:
         window = max_age_days if max_age_days is not None else self.windows.get(concept)
@@ -60,13 +83,18 @@ def within_bounds(
     return None
 
 
-def judge(verdict: bool | None, fail: Status, text: str, evidence: tuple[str, ...]) -> Outcome:
-    """An Outcome from a within_bounds verdict: met, the given failure status, or unknown if undecided."""
-    if verdict is True:
-        return Outcome(MET, text, evidence)
-    if verdict is False:
-        return Outcome(fail, text, evidence)
-    return Outcome(UNKNOWN, text + ": the reported bound cannot tell", evidence)
+def judge(
+    verdict: bool | None, fail: Status, text: str, evidence: tuple[str, ...], reading: Reading | None = None
+) -> Outcome:
+    """An Outcome from a within_bounds verdict: met, the given failure status, or unknown if undecided.
+
+    When ``reading`` is a bound (``<0.2``) that decides, the reason says so: the whole interval the
+    true value lies in is on one side of the limit."""
+    if verdict is None:
+        return Outcome(UNKNOWN, text + ": the reported bound cannot tell", evidence)
+    if reading is not None and reading.comparator:
+        text += ": decided by the reported bound (the whole interval lies on one side of the limit)"
+    return Outcome(MET if verdict else fail, text, evidence)
 
 
 def limits_text(lo: float | None, hi: float | None, lo_incl: bool, hi_incl: bool, unit: str = "") -> str:
@@ -82,15 +110,51 @@ def age_years(born: date, on: date) -> int:
     return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
 
 
+def birth_date_problem(ctx: CheckContext) -> str | None:
+    """Why the patient's age on ``ctx.as_of`` cannot be known: no birth date, one after the as-of
+    date, or one that makes the patient older than MAX_PLAUSIBLE_AGE_YEARS (an entry error)."""
+    rec = ctx.record
+    born = rec.birth_date
+    if born is None:
+        return rec.birth_problem or "birth date not recorded"
+    if born.earliest > ctx.as_of:
+        return f"birth date {born} is after the as-of date (age < 0)"
+    oldest = age_years(born.earliest, ctx.as_of)
+    if oldest > MAX_PLAUSIBLE_AGE_YEARS:
+        return (
+            f"birth date {born} gives an age of {oldest}, above {MAX_PLAUSIBLE_AGE_YEARS}: "
+            "implausible (an entry error), so the age is unknown"
+        )
+    return None
+
+
 def conditions_of(ctx: CheckContext, concepts: Iterable[str], history: bool) -> list[ConditionFact]:
+    """The conditions of ``concepts`` (active ones, or with ``history`` all) known on the day judged.
+
+    A condition whose onset is after that day but not in the future is left out (the record as it
+    was then). One whose onset is in the future is kept: the date is wrong, not the diagnosis, so a
+    recorded disease still counts as recorded (closed world); rules that need its timing ask
+    ``ctx.in_future``."""
     out = []
     for concept in concepts:
         for fact in ctx.record.conditions.get(concept, ()):
-            if fact.onset is not None and fact.onset.earliest > ctx.as_of:
+            if ctx.later(fact.onset):
                 continue
             if history or fact.active:
                 out.append(fact)
     return out
+
+
+def conditions_text(ctx: CheckContext, facts: Iterable[ConditionFact]) -> str:
+    """Like ``facts_text``, with what is wrong with each record: a status that cannot be read, an
+    onset in the future."""
+    parts = []
+    for f in facts:
+        notes = [f.status_problem] if f.status_problem else []
+        if ctx.in_future(f.onset):
+            notes.append(f"onset {f.onset} is after the as-of date {ctx.today}")
+        parts.append(f"{f.display or f.concept} ({f.ref}{'; ' + '; '.join(notes) if notes else ''})")
+    return ", ".join(parts)
 
 
 def facts_text(facts: Iterable[Any]) -> str:
@@ -112,10 +176,11 @@ def uln_ratio(
     ratio_bounds = (lo / r.uln, hi / r.uln)
     uln_note = "" if r.uln_source == "referenceRange" else " default"
     text = (
-        f"{label} {r.text()} on {r.day} = {r.number / r.uln:.2f}×ULN "
+        f"{label} {r.text()} on {r.day} = {r.comparator or ''}{r.number / r.uln:.2f}×ULN "
         f"(ULN {r.uln:.4g}{uln_note}; limit ≤ {max_ratio:g}×ULN)"
     )
-    return judge(within_bounds(ratio_bounds, None, max_ratio, True, True), NOT_MET, text, sel.evidence), r
+    verdict = within_bounds(ratio_bounds, None, max_ratio, True, True)
+    return judge(verdict, NOT_MET, text, sel.evidence, r), r
 
 
 def within_uln_multiple(
@@ -167,10 +232,17 @@ def cockcroft_gault(ctx: CheckContext, creatinine: Reading, max_age_days: int | 
             f"creatinine clearance not recorded and cannot be estimated: {weight.problem}",
             weight.evidence,
         )
-    if rec.birth_date is None or not rec.birth_date.precise:
+    if weight.reading.comparator is not None:
         return Outcome(
-            UNKNOWN, "creatinine clearance not recorded and cannot be estimated: birth date unknown", ()
+            UNKNOWN,
+            f"creatinine clearance not recorded and cannot be estimated: body weight reported as a bound "
+            f"({weight.reading.text()})",
+            weight.evidence,
         )
+    born_problem = birth_date_problem(ctx)
+    if born_problem is not None or rec.birth_date is None or not rec.birth_date.precise:
+        why = born_problem or "birth date not precise to the day"
+        return Outcome(UNKNOWN, f"creatinine clearance not recorded and cannot be estimated: {why}", ())
     if rec.gender not in ("male", "female"):
         return Outcome(
             UNKNOWN,
@@ -204,7 +276,7 @@ def renal_function(
         r = measured.reading
         verdict = within_bounds(r.bounds, crcl_min, None, crcl_inclusive, True)
         text = f"creatinine clearance {r.text()} on {r.day} (required {need})"
-        options.append(judge(verdict, NOT_MET, text, measured.evidence))
+        options.append(judge(verdict, NOT_MET, text, measured.evidence, r))
     elif creat.reading is not None:
         est = cockcroft_gault(ctx, creat.reading, max_age_days)
         if isinstance(est, Outcome):

@@ -86,7 +86,7 @@ class DoseContext:
 
     def checks(self) -> CheckContext:
         """The shared check context for the dose day."""
-        return CheckContext(self.record, self.next.on, self.accept_preliminary, {})
+        return CheckContext(self.record, self.next.on, self.accept_preliminary, {}, now=self.as_of)
 
     def select(
         self, concept: str, max_age_days: int | None, label: str | None = None, on: date | None = None

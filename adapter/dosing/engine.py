@@ -108,7 +108,7 @@ def _next_dose(
     if pos.new_cycle:
         day1 = max(as_of, pos.earliest) if due_now else pos.due
         remission = spec.later.remission_responses if spec.later else spec.levels.remission_responses  # type: ignore[union-attr]
-        response = remission_on(record, remission, tl.first_dose, day1, accept_preliminary)
+        response = remission_on(record, remission, tl.first_dose, day1, accept_preliminary, as_of)
         level = level_for(spec, pos.cycle, tl.steps, response)
         sched = None
         if level is not None:

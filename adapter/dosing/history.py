@@ -3,10 +3,11 @@ MedicationStatement and completed MedicationRequest records.
 
 One dose per day: records of the same dose from several resource types are merged, the
 administration winning. A record that exists but cannot be read — no date precise to the day,
-status ``unknown`` or on hold, an active order dated in the past with no administration, several
-administrations of one day with different doses, a dose that cannot be read or is implausible —
-is a **blocking** problem: the plan becomes ``insufficient-data``, never a dose. Skipping such a
-record could propose a second dose on a day one was given, or take a given dose for an omission.
+an administration or statement dated after the as-of date, status ``unknown`` or on hold, an
+active order dated in the past with no administration, several administrations of one day with
+different doses, a dose that cannot be read or is implausible — is a **blocking** problem: the
+plan becomes ``insufficient-data``, never a dose. Skipping such a record could propose a second
+dose on a day one was given, or take a given dose for an omission.
 """
 
 from __future__ import annotations
@@ -76,8 +77,18 @@ def dose_history(record: PatientRecord, as_of: date, exclude: frozenset[str] = f
         if day is None:
             out.problems.append((f"{e.ref}: inotuzumab {e.resource_type} with {problem}", (e.ref,)))
             continue
-        if day > as_of:  # a planned dose, not a given one
-            continue
+        if day > as_of:
+            if e.resource_type != "MedicationRequest":
+                # an administration or statement dated in the future is impossible: it may be a dose
+                # given today with a wrong date, so it blocks like any record that cannot be read
+                out.problems.append(
+                    (
+                        f"{e.ref}: inotuzumab {e.resource_type} dated {day}, after the as-of date {as_of}: "
+                        "a dose cannot have been given in the future",
+                        (e.ref,),
+                    )
+                )
+            continue  # an order for a later date is a planned dose, not a given one
         by_day.setdefault(day, []).append(e)
     for day in sorted(by_day):
         _read_day(out, day, by_day[day], as_of)

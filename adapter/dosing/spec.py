@@ -14,8 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from adapter.errors import MappingTableError
 
@@ -253,6 +252,23 @@ class Dosing(_Model):
     blasts_cytoreduction_above: Decimal | None = None  # 10^9/L
 
 
+class BsaRange(_Model):
+    """The body surface area a dose may be computed from (m², inclusive): outside it the weight or
+    height behind it is wrong, and no dose is computed (adapter policy; not a cap)."""
+
+    min: Decimal
+    max: Decimal
+    source: str
+
+    @field_validator("max")
+    @classmethod
+    def _ordered(cls, v: Decimal, info: ValidationInfo) -> Decimal:
+        low = info.data.get("min")
+        if low is None or not 0 < low < v:
+            raise ValueError("bsa_m2 needs 0 < min < max")
+        return v
+
+
 class Product(_Model):
     vial_mg: Decimal
     reconstitution_ml: Decimal
@@ -268,15 +284,13 @@ class Product(_Model):
     rounding: str
     source: str
     infusion_source: str
+    bsa_m2: BsaRange
 
 
 def _load_yaml(path: Path) -> object:
-    try:
-        return yaml.load(
-            path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        )
-    except (OSError, yaml.YAMLError) as exc:
-        raise MappingTableError(f"{path}: {exc}") from None
+    from adapter.yaml_files import read_yaml  # bounded: no aliases, one-line errors (issue #10)
+
+    return read_yaml(path, "protocol")[0]
 
 
 @functools.cache

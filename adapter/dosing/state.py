@@ -48,11 +48,14 @@ def remission_on(
     first_dose: date,
     on: date,
     accept_preliminary: bool,
+    now: date | None = None,
 ) -> ResponseState:
     """The current response on ``on`` (inclusive): the latest assessment since the first dose.
 
     Remission is the current state, not the best of the course: a later PD, NR or PR, a relapse
-    Condition, or a disease status "relapsed" dated after the remission ends it.
+    Condition, or a disease status "relapsed" dated after the remission ends it. A relapse dated
+    after ``now`` (the as-of date: an impossible date) or whose status cannot be read makes the
+    response unknown rather than being skipped.
     """
     sel = latest(record, "response", on, None, accept_preliminary, "response assessment")
     rd = sel.reading
@@ -64,20 +67,29 @@ def remission_on(
         return ResponseState(None, None, None, (), None)
     in_remission = rd.coded in remission_responses
     if in_remission:
-        lost = _remission_lost(record, rd.day, on, accept_preliminary)
+        lost = _remission_lost(record, rd.day, on, accept_preliminary, now)
         if lost is not None:
             return lost
     return ResponseState(in_remission, rd.coded, rd.day, sel.evidence)
 
 
 def _remission_lost(
-    record: PatientRecord, since: date, on: date, accept_preliminary: bool
+    record: PatientRecord, since: date, on: date, accept_preliminary: bool, now: date | None
 ) -> ResponseState | None:
     """A relapse recorded after ``since`` (exclusive) and on or before ``on``."""
     for c in record.conditions.get(RELAPSE, ()):
         when = c.onset or c.recorded
+        if now is not None and when is not None and when.earliest > now and (c.confirmed or c.status_problem):
+            why = f"relapse recorded on {when} ({c.ref}), after the as-of date {now}: an impossible date"
+            return ResponseState(None, None, None, (c.ref,), why)
         if c.confirmed and when is not None and since < when.earliest and when.latest <= on:
             return ResponseState(False, "relapse", when.latest, (c.ref,))
+        if c.status_problem and when is not None and since < when.latest and when.earliest <= on:
+            # a relapse whose status cannot be read might be one: the response is unknown
+            why = (
+                f"a relapse recorded on {when} ({c.ref}) has a status that cannot be read: {c.status_problem}"
+            )
+            return ResponseState(None, None, None, (c.ref,), why)
     status = latest(record, "disease-status", on, None, accept_preliminary, "disease status")
     rd = status.reading
     if rd is not None and rd.coded == "relapsed" and rd.day > since:

@@ -149,7 +149,7 @@ class _Replay:
 
     def response(self, on: date) -> ResponseState:
         remission = self.s.later.remission_responses if self.s.later else self.s.levels.remission_responses  # type: ignore[union-attr]
-        return remission_on(self.r, remission, self.first, on, self.accept_preliminary)
+        return remission_on(self.r, remission, self.first, on, self.accept_preliminary, self.as_of)
 
     def new_cycle(self, number: int, day1: date, steps: int) -> Cycle:
         response = self.response(day1) if number > 1 else None

@@ -54,7 +54,7 @@ def evaluate_eligibility(
     started = started_on if started_on is not None and started_on <= as_of else None
     now = RuleContext(record, as_of, variant.accept_preliminary, variant.windows)
     at_start = (
-        RuleContext(without_drug(record), started, variant.accept_preliminary, variant.windows)
+        RuleContext(without_drug(record), started, variant.accept_preliminary, variant.windows, now=as_of)
         if started is not None
         else None
     )

@@ -71,11 +71,37 @@ def display(concept: Any) -> str:
     return ""
 
 
-def status_code(concept: Any) -> str | None:
-    """The code of a status CodeableConcept (clinicalStatus, verificationStatus)."""
-    for _system, code in codings(concept):
-        return code
-    return None
+def status_code(concept: Any, system: str, codes: frozenset[str]) -> tuple[str | None, str | None]:
+    """A status CodeableConcept (clinicalStatus, verificationStatus) read against its HL7 code system.
+
+    Returns ``(code, None)``; ``(None, None)`` when the element is absent; ``(None, problem)`` when it
+    is present but cannot be read: no coding in ``system`` (a coding without its system, a local
+    system, text only) or a code that is not one of ``codes``, or codings that disagree. A status
+    that cannot be read is never taken for the default (docs/criteria.md §Conditions).
+    """
+    if concept is None:
+        return None, None
+    found = {code for s, code in codings(concept) if s == system}
+    if len(found) == 1 and (code := next(iter(found))) in codes:
+        return code, None
+    if len(found) > 1:
+        return None, f"codes that disagree ({', '.join(sorted(found))})"
+    shown = _codings_text(concept) or display(concept) or "no coding"
+    if found:
+        return None, f"{shown} is not a code of {system}"
+    return None, f"{shown} has no coding in {system}"
+
+
+def _codings_text(concept: Any) -> str:
+    """Every coding as written (``system|code``, ``code`` when the system is missing)."""
+    out = []
+    if isinstance(concept, dict) and isinstance(concept.get("coding"), list):
+        for c in concept["coding"]:
+            if isinstance(c, dict):
+                system, code = c.get("system"), c.get("code")
+                shown = str(code) if code is not None else "(no code)"
+                out.append(f"{system}|{shown}" if isinstance(system, str) and system else shown)
+    return ", ".join(out)
 
 
 def reference(value: Any) -> str | None:

@@ -7,11 +7,13 @@ defensive; a value that cannot be used becomes an ``Unusable`` with its reason.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from adapter.domain import (
+    UNREADABLE_STATUS,
     AllergyFact,
     ConditionFact,
     DateRange,
@@ -41,6 +43,19 @@ COND_ACTIVE = frozenset({"active", "recurrence", "relapse"})
 COND_INACTIVE = frozenset({"inactive", "remission", "resolved"})
 VERIFICATION_IGNORED = frozenset({"refuted", "entered-in-error"})
 VERIFICATION_UNCONFIRMED = frozenset({"unconfirmed", "provisional", "differential"})
+#: The HL7 code systems of the status elements and their codes: a status read from anything else
+#: (a coding without its system, a local system, a code the system does not have) is unknown.
+COND_CLINICAL_SYSTEM = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+COND_CLINICAL_CODES = COND_ACTIVE | COND_INACTIVE
+COND_VERIFICATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+COND_VERIFICATION_CODES = VERIFICATION_IGNORED | VERIFICATION_UNCONFIRMED | {"confirmed"}
+ALLERGY_CLINICAL_SYSTEM = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
+ALLERGY_CLINICAL_CODES = frozenset({"active", "inactive", "resolved"})
+ALLERGY_VERIFICATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification"
+ALLERGY_VERIFICATION_CODES = frozenset({"unconfirmed", "confirmed", "refuted", "entered-in-error"})
+#: Quantity.comparator values that bound the value; "ad" (sufficient to achieve this total quantity)
+#: is not a measurement at all
+BOUND_COMPARATORS = frozenset({"<", "<=", ">=", ">"})
 # Medication statuses kept: the drug was (or is being) given, or may have been (``unknown``: the
 # record exists but does not say; its readers decide, never skip). The others say it was not given
 # (not-done, not-taken, intended, cancelled, draft, entered-in-error).
@@ -197,11 +212,27 @@ def _patient(r: dict[str, Any], ref: str) -> PatientRecord:
         record.birth_date = date_range(birth)
         if record.birth_date is None:
             record.birth_problem = f"Patient.birthDate {birth!r} is not a valid date"
+    _deceased(record, r)
     gender = r.get("gender")
     record.gender = gender if isinstance(gender, str) else None
     record.name = _display_name(r.get("name"))
     record.mrn = _mrn(r.get("identifier"))
     return record
+
+
+def _deceased(record: PatientRecord, r: dict[str, Any]) -> None:
+    """Patient.deceased[x]: a deceasedBoolean true or any deceasedDateTime records a death."""
+    when, flag = r.get("deceasedDateTime"), r.get("deceasedBoolean")
+    if when is not None:
+        record.deceased = True
+        record.deceased_on = date_range(when)
+        if record.deceased_on is None:
+            record.deceased_problem = f"Patient.deceasedDateTime {when!r} is not a valid date"
+    elif flag is not None:
+        if isinstance(flag, bool):
+            record.deceased = flag
+        else:
+            record.deceased_problem = f"Patient.deceasedBoolean {flag!r} is not a boolean"
 
 
 _NAME_USE_ORDER = ("official", "usual", None)
@@ -317,8 +348,15 @@ class _Mapper:
     def _value(self, concept: Concept, part: dict[str, Any]) -> dict[str, Any] | str:
         """Keyword arguments for Reading, or the reason the value is unusable."""
         absent = part.get("dataAbsentReason")
-        if absent is not None and not any(k.startswith("value") for k in part):
-            return f"no value (dataAbsentReason: {display(absent) or 'given'})"
+        if absent is not None:
+            why = display(absent) or "given"
+            if any(k.startswith("value") for k in part):
+                # FHIR obs-6: a value and a reason it is absent cannot both hold; neither is trusted
+                return (
+                    f"both a value and a dataAbsentReason ({why}) are recorded (FHIR invariant obs-6): "
+                    "the value cannot be trusted"
+                )
+            return f"no value (dataAbsentReason: {why})"
         kind = concept.value
         if kind in ("quantity", "quantity-or-coded") and "valueQuantity" in part:
             return self._quantity(concept, part)
@@ -359,7 +397,10 @@ class _Mapper:
             factor = conversion_factor(unit, target, self.t.molar_mass.get(concept.name))
         except UnitError as exc:
             return f"unit {unit!r} cannot be converted to {target!r} ({exc})"
-        return drop_float_noise(value * factor)
+        converted = value * factor
+        if not math.isfinite(converted):
+            return f"value {value!r} {unit} is not a finite number in {target}"
+        return drop_float_noise(converted)
 
     def _unit_disagreement(self, q: dict[str, Any], coded: str, concept: Concept) -> str | None:
         """The display unit, when it is a unit we know, must mean the same as the coded one."""
@@ -377,6 +418,8 @@ class _Mapper:
         return None if same else f"Quantity.unit {shown!r} disagrees with Quantity.code {coded!r}"
 
     def _plausible(self, concept: str, value: float) -> str | None:
+        if not math.isfinite(value):
+            return f"value {value!r} is not a finite number"
         limits = self.t.plausible.get(concept)
         if not limits:
             return None
@@ -392,20 +435,39 @@ class _Mapper:
         q = part.get("valueQuantity")
         if not isinstance(q, dict) or not is_number(q.get("value")):
             return "valueQuantity has no numeric value"
-        comparator = q.get("comparator")
-        if comparator is not None and comparator not in ("<", "<=", ">=", ">"):
-            return f"unknown comparator {comparator!r}"
+        comparator, problem = self._comparator(q)
+        if problem:
+            return problem
         converted = self._convert(float(q["value"]), q, concept)
         if isinstance(converted, str):
             return converted
-        problem = self._plausible(concept.name, converted)
-        if problem:
-            return f"{problem} {concept.unit}"
+        implausible = self._plausible(concept.name, converted)
+        if implausible:
+            return f"{implausible} {concept.unit}"
         out: dict[str, Any] = {"number": converted, "comparator": comparator, "unit": concept.unit}
         out.update(self._uln(concept, part))
         return out
 
+    @staticmethod
+    def _comparator(q: dict[str, Any]) -> tuple[str | None, str | None]:
+        """The Quantity's bound comparator (None: an exact value), or why the value is not usable."""
+        comparator = q.get("comparator")
+        if comparator is None:
+            return None, None
+        if isinstance(comparator, str) and comparator in BOUND_COMPARATORS:
+            return comparator, None
+        if comparator == "ad":
+            return None, "comparator 'ad' (sufficient to achieve this total quantity) is not a measured value"
+        return None, f"unknown comparator {comparator!r}"
+
     def _uln(self, concept: Concept, part: dict[str, Any]) -> dict[str, Any]:
+        """The ULN from the Observation's own referenceRange.high, else the table's default.
+
+        A referenceRange.high that cannot be used (no number, a unit that does not convert, not
+        positive, outside the plausible ULN range ``plausible: <concept>.uln`` in units.yaml), or
+        several that disagree, make the ULN unknown with the reason: the default never stands in
+        for a ULN the laboratory reported, however wrong it is.
+        """
         highs: list[float] = []
         problem: str | None = None
         for rr in part.get("referenceRange") or []:
@@ -425,7 +487,13 @@ class _Mapper:
             if converted <= 0:
                 problem = f"referenceRange.high {converted:g} is not positive"
                 continue
+            implausible = self._plausible(f"{concept.name}.uln", converted)
+            if implausible:
+                problem = f"referenceRange.high: {implausible} {concept.unit} for an upper limit of normal"
+                continue
             highs.append(converted)
+        if problem is not None:
+            return {"uln": None, "uln_source": None, "uln_problem": problem}
         if highs and max(highs) - min(highs) <= 1e-9 * max(highs):
             return {"uln": highs[0], "uln_source": "referenceRange"}
         if len(highs) > 1:
@@ -437,6 +505,7 @@ class _Mapper:
 
     def _integer(self, concept: Concept, part: dict[str, Any]) -> dict[str, Any] | str:
         value: Any = None
+        comparator: str | None = None
         if "valueInteger" in part:
             value = part["valueInteger"]
         elif isinstance(part.get("valueQuantity"), dict):
@@ -445,6 +514,9 @@ class _Mapper:
             if unit not in (None, "1", "{score}", "{#}", "{count}"):
                 return f"unexpected unit {unit!r} for a count or score"
             value = q.get("value")
+            comparator, bad = self._comparator(q)
+            if bad:
+                return bad
         elif concept.value_set and "valueCodeableConcept" in part:
             coded = self._coded(concept, part)
             if isinstance(coded, str):
@@ -462,7 +534,7 @@ class _Mapper:
         problem = self._plausible(concept.name, float(value))
         if problem:
             return problem
-        return {"number": float(value), "unit": None}
+        return {"number": float(value), "comparator": comparator, "unit": None}
 
     def _coded(self, concept: Concept, part: dict[str, Any]) -> dict[str, Any] | str:
         vs = concept.value_set or ""
@@ -490,7 +562,9 @@ class _Mapper:
 
     # -- Condition -----------------------------------------------------------------------
     def condition(self, record: PatientRecord, r: dict[str, Any], ref: str) -> None:
-        verification = status_code(r.get("verificationStatus"))
+        verification, ver_problem = status_code(
+            r.get("verificationStatus"), COND_VERIFICATION_SYSTEM, COND_VERIFICATION_CODES
+        )
         if verification in VERIFICATION_IGNORED:
             return
         names = self.t.concepts_for(codings(r.get("code")), "condition")
@@ -510,9 +584,19 @@ class _Mapper:
             names = {ADVERSE_EVENT}
         if not names:
             return
-        clinical = status_code(r.get("clinicalStatus"))
+        clinical, clin_problem = status_code(
+            r.get("clinicalStatus"), COND_CLINICAL_SYSTEM, COND_CLINICAL_CODES
+        )
         has_abatement = any(k.startswith("abatement") for k in r)
-        active = clinical in COND_ACTIVE or (clinical is None and not has_abatement)
+        # a status that cannot be read is unknown: possibly active, not confirmed (never the default)
+        active = (
+            clinical in COND_ACTIVE or clin_problem is not None or (clinical is None and not has_abatement)
+        )
+        problems = [
+            f"clinicalStatus {clin_problem}" if clin_problem else None,
+            f"verificationStatus {ver_problem}" if ver_problem else None,
+        ]
+        status_problem = "; ".join(p for p in problems if p) or None
         onset = date_range(r.get("onsetDateTime")) or period_range(r.get("onsetPeriod"))[0]
         abatement = date_range(r.get("abatementDateTime")) or period_range(r.get("abatementPeriod"))[1]
         for name in names:
@@ -520,8 +604,8 @@ class _Mapper:
                 concept=name,
                 ref=ref,
                 active=active,
-                clinical_status=clinical,
-                confirmed=verification not in VERIFICATION_UNCONFIRMED,
+                clinical_status=UNREADABLE_STATUS if clin_problem else clinical,
+                confirmed=verification not in VERIFICATION_UNCONFIRMED and ver_problem is None,
                 onset=onset,
                 abatement=abatement,
                 severity=next(iter(severities)) if len(severities) == 1 else None,
@@ -529,6 +613,7 @@ class _Mapper:
                 grade=grade,
                 grade_exact=grade_exact,
                 recorded=recorded,
+                status_problem=status_problem,
             )
             record.conditions.setdefault(name, []).append(fact)
 
@@ -720,7 +805,9 @@ class _Mapper:
 
     # -- AllergyIntolerance ----------------------------------------------------------------
     def allergy(self, record: PatientRecord, r: dict[str, Any], ref: str) -> None:
-        verification = status_code(r.get("verificationStatus"))
+        verification, ver_problem = status_code(
+            r.get("verificationStatus"), ALLERGY_VERIFICATION_SYSTEM, ALLERGY_VERIFICATION_CODES
+        )
         if verification in VERIFICATION_IGNORED:
             return
         found = codings(r.get("code"))
@@ -728,14 +815,21 @@ class _Mapper:
             if isinstance(reaction, dict):
                 found += codings(reaction.get("substance"))
         names = self.t.concepts_for(found, "allergy")
-        clinical = status_code(r.get("clinicalStatus"))
+        clinical, clin_problem = status_code(
+            r.get("clinicalStatus"), ALLERGY_CLINICAL_SYSTEM, ALLERGY_CLINICAL_CODES
+        )
+        problems = [
+            f"clinicalStatus {clin_problem}" if clin_problem else None,
+            f"verificationStatus {ver_problem}" if ver_problem else None,
+        ]
         for name in names:
             record.allergies.setdefault(name, []).append(
                 AllergyFact(
                     name,
                     ref,
                     active=clinical not in ("inactive", "resolved"),
-                    confirmed=verification not in VERIFICATION_UNCONFIRMED,
+                    confirmed=verification not in VERIFICATION_UNCONFIRMED and ver_problem is None,
                     display=display(r.get("code")),
+                    status_problem="; ".join(p for p in problems if p) or None,
                 )
             )

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from adapter.errors import MappingTableError
+from adapter.yaml_files import SourceFile, read_yaml
 
 PROTOCOLS_DIR = Path(__file__).resolve().parent
 VARIANTS = ("fda-label", "nhs-ta514", "es-valtermed", "mdacc-low-dose")
@@ -50,18 +49,18 @@ class Variant:
 
 
 @functools.cache
-def ruleset_digest(name: str) -> str:
-    """SHA-256 (first 16 hex) of the files that make up a variant's rules: criteria, dosing, product.
+def rule_files(name: str) -> tuple[SourceFile, ...]:
+    """The files that make up a variant's rules (criteria, dosing, product), each with its SHA-256.
 
-    Recorded in each evaluation and in Provenance, so a written decision names the exact rules used.
+    Part of the rule-set digest (adapter.ruleset) recorded in each evaluation and in Provenance,
+    so a written decision names the exact rules used.
     """
     if name not in VARIANTS:
         raise MappingTableError(f"unknown protocol variant {name!r} (known: {', '.join(VARIANTS)})")
-    digest = hashlib.sha256()
-    for file in (f"{name}.yaml", f"{name}.dosing.yaml", "product.yaml"):
-        digest.update(file.encode())
-        digest.update((PROTOCOLS_DIR / file).read_bytes())
-    return digest.hexdigest()[:16]
+    return tuple(
+        SourceFile(file, hashlib.sha256((PROTOCOLS_DIR / file).read_bytes()).hexdigest(), "protocol")
+        for file in (f"{name}.yaml", f"{name}.dosing.yaml", "product.yaml")
+    )
 
 
 @functools.cache
@@ -71,7 +70,7 @@ def load_variant(name: str) -> Variant:
     if name not in VARIANTS:
         raise MappingTableError(f"unknown protocol variant {name!r} (known: {', '.join(VARIANTS)})")
     path = PROTOCOLS_DIR / f"{name}.yaml"
-    doc = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    doc, _ = read_yaml(path, "protocol")  # bounded: no aliases, one-line errors
     criteria = []
     seen: set[str] = set()
     for raw in doc["criteria"]:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import jinja2
 
+from adapter.safe_text import clean
 from adapter.summary.view import DASH, build_view
 
 SummaryFormat = Literal["html", "md"]
@@ -28,8 +29,9 @@ _MD_SPECIAL = re.compile(r"([\\`*_\[\]<|~])|(&(?=#?[0-9A-Za-z]+;))")
 
 
 def md_escape(value: Any) -> str:
-    """Neutralise Markdown and HTML in ``value``: one line, markup punctuation backslash-escaped."""
-    text = DASH if value is None else " ".join(str(value).split())
+    """Neutralise Markdown and HTML in ``value``: one line without control or bidi characters
+    (``clean``), markup punctuation backslash-escaped."""
+    text = DASH if value is None else " ".join(clean(value).split())
     return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), text)
 
 
@@ -95,7 +97,7 @@ def _protocol_info(protocol: Any) -> dict[str, str] | None:
     from adapter.errors import MappingTableError
     from adapter.protocols import VARIANTS, load_variant
 
-    if protocol not in VARIANTS:
+    if not isinstance(protocol, str) or protocol not in VARIANTS:
         return None
     try:
         variant = load_variant(str(protocol))

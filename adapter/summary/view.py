@@ -15,6 +15,7 @@ from typing import Any
 
 from adapter import CONTRACT_VERSION, __version__
 from adapter.errors import AdapterError, ExitCode
+from adapter.safe_text import clean
 
 NOT_RECORDED = "not recorded"
 DASH = "—"
@@ -142,13 +143,19 @@ def _list(value: Any) -> list[Any]:
 
 
 def _text(value: Any, missing: str = NOT_RECORDED) -> str:
-    """A value as display text; None, empty and non-scalar values are ``missing``."""
+    """A value as display text on one line (``clean``: no control or bidi characters, whitespace
+    runs as one space); None, empty and non-scalar values are ``missing``."""
     if value is None or isinstance(value, Mapping | list | tuple):
         return missing
     if isinstance(value, bool):
         return "yes" if value else "no"
-    text = " ".join(str(value).split())
+    text = " ".join(clean(value).split())
     return text or missing
+
+
+#: Numbers shown as numbers lie within 10^-12 .. 10^15; others (tampered or absurd) are shown as
+#: written, never formatted digit by digit.
+_MAGNITUDE = range(-12, 16)
 
 
 def _decimal(value: Any) -> Decimal | None:
@@ -158,7 +165,9 @@ def _decimal(value: Any) -> Decimal | None:
         number = Decimal(str(value).strip())
     except (InvalidOperation, ValueError):
         return None
-    return number if number.is_finite() else None
+    if not number.is_finite() or (number and number.adjusted() not in _MAGNITUDE):
+        return None
+    return number
 
 
 def fixed(value: Any, places: int, unit: str = "", missing: str = DASH) -> str:
@@ -264,6 +273,7 @@ def _criteria(eligibility: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "status": _text(c.get("status")),
                 "at_start": bool(at),
                 "at_start_date": _text(at.get("as_of")) if at else "",
+                "at_start_status": _text(at.get("status")) if at else "",
                 "label": label,
                 "symbol": symbol,
                 "tone": "info" if at else tone,
@@ -570,7 +580,7 @@ def _treatment(dose: Mapping[str, Any]) -> dict[str, Any]:
     for raw in _list(t.get("toxicities")):
         x = _map(raw)
         grade = x.get("grade")
-        grade_text = f"grade {grade}" if grade is not None else "grade not recorded"
+        grade_text = f"grade {_text(grade)}" if grade is not None else "grade not recorded"
         flag = x.get("active")
         active = ("active" if flag else "resolved") if isinstance(flag, bool) else "status not recorded"
         toxicities.append(
@@ -801,6 +811,12 @@ def build_view(
             "contract": _text(evaluation.get("contract"), CONTRACT_VERSION),
             "generated_at": _text(generated_at, ""),  # "" when not given: the footer omits it
             "disclaimer": "Decision support only — verify against the source protocol before prescribing.",
+            # a site table that removed a safety-critical code (override_safety): always shown
+            "site_overrides": [
+                f"{_text(o.get('concept'))} {_text(o.get('code'))} excluded by {_text(o.get('file'))}: "
+                f"{_text(o.get('reason'))}"
+                for o in (_map(x) for x in _list(_map(evaluation.get("ruleset")).get("site_overrides")))
+            ],
         },
     }
     _add_cites(view, protocol["source_file"])

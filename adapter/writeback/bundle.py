@@ -422,7 +422,7 @@ class _Assembler:
         )
         entities = [
             r
-            for r in [self.ev["patient"], *self.ev.get("order_refs", []), *self.evidence_refs()]
+            for r in build.unique([self.ev["patient"], *self.ev.get("order_refs", []), *self.evidence_refs()])
             if "/" in r and not r.startswith("urn:")
         ]
         self.put(pkey, build.provenance(self.codes, pkey, self.ev, targets, entities, self.now, device_ref))
@@ -458,6 +458,7 @@ def build_check_transaction(
         "as_of": check.get("order_date") or "",
         "order_refs": [check["order"]],
         "dose": {"findings": check.get("findings") or []},
+        "ruleset": check.get("ruleset") or {},  # the digest of the rules, tables and settings used
     }
     assembler = _Assembler(context, settings or WriteSettings(), now, existing or {}, load_codes())
     return assembler.assemble_check(check)

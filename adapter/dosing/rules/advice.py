@@ -31,10 +31,12 @@ def cytoreduction(ctx: DoseContext) -> list[Finding]:
     rd = sel.reading
     if rd is None or rd.number is None or rd.bounds[1] <= float(s.blasts_cytoreduction_above):
         return []
+    # a bound that reaches above the limit may be above it: warned, and said so
+    above = "> 10,000/mm³" if rd.bounds[0] > float(s.blasts_cytoreduction_above) else "possibly > 10,000/mm³"
     return [
         finding(
             "cytoreduction",
-            f"peripheral blasts {rd.text()} on {rd.day} (> 10,000/mm³): {adv.text}",
+            f"peripheral blasts {rd.text()} on {rd.day} ({above}): {adv.text}",
             adv.source,
             sel.evidence,
             severity=Severity.WARNING,

@@ -11,6 +11,7 @@ from adapter.dosing.bsa import BsaResult, Formula, bsa_m2
 from adapter.dosing.context import DoseContext
 from adapter.dosing.findings import Action, Finding, Severity, finding
 from adapter.dosing.rules import dose_rule
+from adapter.dosing.spec import load_product
 
 
 def weight_max_age(ctx: DoseContext) -> int:
@@ -22,10 +23,27 @@ def weight_max_age(ctx: DoseContext) -> int:
     return fr.weight_max_age_days
 
 
-@dose_rule("body", ("bsa-unknown",), ("freshness.weight_source",))
+#: where the plausible BSA range (product.yaml ``bsa_m2``) is documented
+BSA_DOC = "docs/dosing.md §Doses, rounding and preparation"
+
+
+def plausible_bsa(m2: Decimal) -> str | None:
+    """Why a computed BSA cannot be used for a dose: outside ``bsa_m2`` of product.yaml."""
+    limits = load_product().bsa_m2
+    if limits.min <= m2 <= limits.max:
+        return None
+    return (
+        f"the computed BSA {m2} m² is outside the plausible {limits.min}–{limits.max} m²: the weight or "
+        "height behind it is wrong (a unit or entry error?)"
+    )
+
+
+@dose_rule("body", ("bsa-unknown",), ("freshness.weight_source", BSA_DOC))
 def bsa_for_dose(ctx: DoseContext, formula: Formula) -> tuple[BsaResult | None, list[Finding]]:
     """The BSA from the weight and height valid for the dose (the as-of date when doses after an
-    omission are planned ahead: they are re-checked on their day)."""
+    omission are planned ahead: they are re-checked on their day). Weight and height outside their
+    plausible limits (mappings/units.yaml) are unusable, and a BSA outside ``bsa_m2`` (product.yaml)
+    is never used: no dose until the record is corrected."""
     fr = ctx.spec.freshness
     on = ctx.next.on if ctx.next.due_now else ctx.as_of
     w = latest(ctx.record, "body-weight", on, weight_max_age(ctx), ctx.accept_preliminary, "body weight")
@@ -49,8 +67,21 @@ def bsa_for_dose(ctx: DoseContext, formula: Formula) -> tuple[BsaResult | None, 
                 effect=Action.INSUFFICIENT_DATA,
             )
         ]
+    m2 = bsa_m2(wr.number, hr.number, formula)
+    implausible = plausible_bsa(m2)
+    if implausible:
+        return None, [
+            finding(
+                "bsa-unknown",
+                f"BSA cannot be used: {implausible} (weight {wr.text()} on {wr.day}, height {hr.text()} on "
+                f"{hr.day})",
+                load_product().bsa_m2.source,
+                w.evidence + h.evidence,
+                effect=Action.INSUFFICIENT_DATA,
+            )
+        ]
     bsa = BsaResult(
-        bsa_m2(wr.number, hr.number, formula),
+        m2,
         formula,
         wr.number,
         wr.ref,
@@ -72,8 +103,8 @@ def weight_change(ctx: DoseContext) -> list[Finding]:
     last = ctx.history.doses[-1]
     before = latest(ctx.record, "body-weight", last.day, None, ctx.accept_preliminary)
     rd = before.reading
-    if rd is None or rd.number is None or rd.ref == bsa.weight_ref:
-        return []
+    if rd is None or rd.number is None or rd.comparator is not None or rd.ref == bsa.weight_ref:
+        return []  # no exact weight before the last dose to compare with
     change = (bsa.weight_kg - rd.number) / rd.number * 100
     limit = float(ctx.spec.freshness.weight_change_percent)
     if abs(change) <= limit:
@@ -94,9 +125,10 @@ def weight_change(ctx: DoseContext) -> list[Finding]:
 def _bsa_on(ctx: DoseContext, day: date, formula: Formula) -> Decimal | None:
     w = latest(ctx.record, "body-weight", day, 30, ctx.accept_preliminary).reading
     h = latest(ctx.record, "body-height", day, None, ctx.accept_preliminary).reading
-    if w is None or h is None or w.number is None or h.number is None:
+    if w is None or h is None or w.number is None or h.number is None or w.comparator or h.comparator:
         return None
-    return bsa_m2(w.number, h.number, formula)
+    m2 = bsa_m2(w.number, h.number, formula)
+    return None if plausible_bsa(m2) else m2
 
 
 @dose_rule("body", ("lower-dose-given", "higher-dose-given"), ("no_reescalation_source", "window.source"))

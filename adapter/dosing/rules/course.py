@@ -152,7 +152,7 @@ def transplant(ctx: DoseContext) -> list[Finding]:
     if candidate is False:
         return []
     first = ctx.timeline.first_dose
-    state = remission_on(ctx.record, REMISSION, first, ctx.as_of, ctx.accept_preliminary)
+    state = remission_on(ctx.record, REMISSION, first, ctx.as_of, ctx.accept_preliminary, ctx.as_of)
     in_remission = state.remission is True
     in_cr = in_remission and state.label == "CR"
     mrd, mrd_ev = mrd_negative(ctx.record, ctx.spec, first, ctx.as_of, ctx.accept_preliminary)

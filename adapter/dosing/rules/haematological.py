@@ -5,7 +5,10 @@ standard limits outside which the prescriber authorises the dose."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from adapter.checks.select import latest
+from adapter.checks.values import within_bounds
 from adapter.domain import Reading
 from adapter.dosing.context import DoseContext
 from adapter.dosing.findings import Action, Finding, finding
@@ -41,6 +44,32 @@ def _shown(now: dict[str, Reading]) -> str:
     return ", ".join(f"{c} {r.text()} ({r.day})" for c, r in now.items())
 
 
+def _low(
+    now: dict[str, Reading], mins: dict[str, Decimal], source: str
+) -> tuple[dict[str, Reading], list[Finding]]:
+    """The counts below their minimum, or the finding that a count reported as a bound (``>0.5``)
+    cannot tell: a bound decides only when the whole of it is on one side of the limit."""
+    low: dict[str, Reading] = {}
+    undecided = []
+    for c, r in now.items():
+        verdict = within_bounds(r.bounds, float(mins[c]), None, True, True)
+        if verdict is None:
+            undecided.append(f"{c} {r.text()} ({r.day}) against ≥ {mins[c]}")
+        elif verdict is False:
+            low[c] = r
+    if undecided:
+        return low, [
+            finding(
+                "counts-unknown",
+                "; ".join(undecided) + ": the reported bound cannot tell",
+                source,
+                tuple(r.ref for r in now.values()),
+                effect=Action.INSUFFICIENT_DATA,
+            )
+        ]
+    return low, []
+
+
 @dose_rule(
     "haematological",
     (
@@ -64,7 +93,9 @@ def day_1_counts(ctx: DoseContext) -> list[Finding]:
     now, missing = _counts(ctx)
     if missing:
         return missing
-    low = {c: r for c, r in now.items() if r.bounds[0] < float(mins[c])}
+    low, undecided = _low(now, mins, hm.source)
+    if undecided:
+        return undecided
     evidence = tuple(r.ref for r in now.values())
     shown = _shown(now)
     if not low:
@@ -170,7 +201,9 @@ def counts_before_every_dose(ctx: DoseContext) -> list[Finding]:
         checked = f"{_shown(now)}: recorded before the dose"
         return [*out, finding("counts-checked", checked, source, evidence, check="blood counts")]
     mins = {"neutrophils": limits.neutrophils_min, "platelets": limits.platelets_min}
-    low = [c for c, r in now.items() if r.bounds[0] < float(mins[c])]
+    low, undecided = _low(now, mins, limits.source)
+    if undecided:
+        return out + undecided
     if not low:
         out.append(
             finding(

@@ -124,12 +124,14 @@ def cri_platelets(ctx: DoseContext) -> list[Finding]:
     now = ctx.select("platelets", ctx.counts_max_age).reading
     if before is None or now is None or now.number is None or before.number is None:
         return []
-    if now.bounds[1] >= before.bounds[0]:
-        return []
+    if now.bounds[0] >= before.bounds[1]:
+        return []  # not below, whatever the reported bounds
+    below = now.bounds[1] < before.bounds[0]
+    how = "below" if below else "possibly below (the reported bound cannot tell)"
     return [
         finding(
             "cri-platelets",
-            f"CRi with platelets {now.text()} below the {before.text()} before cycle {prev.number}: "
+            f"CRi with platelets {now.text()} {how} the {before.text()} before cycle {prev.number}: "
             "consider the next lower dose level",
             levels.cri_platelets_source,
             (now.ref, before.ref, *(r.ref for r in cri)),

@@ -49,8 +49,8 @@ def eligibility_before_first_dose(ctx: DoseContext) -> list[Finding]:
 
 @dose_rule("eligibility", ("continuing-criterion",), (DOSING_DOC + " §Once treatment has started",))
 def continuing_criteria(ctx: DoseContext) -> list[Finding]:
-    """Once treatment has started, a criterion that must hold throughout (input integrity, the
-    diagnosis) and does not: unknown → no dose, review → prescriber, not met → not eligible."""
+    """Once treatment has started, a criterion that must hold throughout (input integrity, alive,
+    the diagnosis) and does not: unknown → no dose, review → prescriber, not met → not eligible."""
     if not ctx.started:
         return []
     return [

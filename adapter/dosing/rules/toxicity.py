@@ -28,11 +28,13 @@ def vod_on_treatment(ctx: DoseContext) -> list[Finding]:
     for c in ctx.record.conditions.get(VOD, ()):
         if not (c.active or (c.onset is not None and _on_treatment(ctx, c))):
             continue
+        unread = f" (its status cannot be read, so it is taken as possibly active: {c.status_problem})"
+        note = unread if c.status_problem else ""
         if c.confirmed:
             out.append(
                 finding(
                     "vod",
-                    f"hepatic VOD/SOS recorded ({c.ref}): discontinue permanently",
+                    f"hepatic VOD/SOS recorded ({c.ref}){note}: discontinue permanently",
                     tx.vod_source,
                     (c.ref,),
                     effect=Action.DISCONTINUE,
@@ -44,7 +46,7 @@ def vod_on_treatment(ctx: DoseContext) -> list[Finding]:
                 finding(
                     "vod-suspected",
                     f"suspected hepatic VOD/SOS ({c.ref}, {c.clinical_status or 'status not recorded'}, not "
-                    "confirmed): "
+                    f"confirmed){note}: "
                     + (
                         "hold every dose until it is confirmed (discontinue) or refuted"
                         if hold
