@@ -22,9 +22,9 @@ from typing import Any
 import orjson
 
 from adapter.errors import InputError, OutputError
+from adapter.evaluate import plan_write_back
 from adapter.safe_text import patient_tag
-from adapter.summary.render import SUMMARY_FORMATS, render_summary
-from adapter.writeback.bundle import Existing, WritePlan, build_transaction
+from adapter.writeback.bundle import Existing, WritePlan
 from adapter.writeback.keys import Key
 from adapter.writeback.settings import WriteSettings
 
@@ -96,15 +96,6 @@ def folder_for(out_dir: Path, evaluation: Mapping[str, Any]) -> Path:
     return folder
 
 
-def render_summaries(
-    evaluation: dict[str, Any], previous: dict[str, Any] | None, settings: WriteSettings
-) -> dict[str, str]:
-    return {
-        fmt: render_summary(evaluation, fmt, previous=previous, template_dir=settings.template_dir)
-        for fmt in SUMMARY_FORMATS
-    }
-
-
 def write_patient(
     out_dir: Path,
     evaluation: dict[str, Any],
@@ -129,13 +120,12 @@ def write_patient(
     previous = _read_json(previous_path)
     if not _same_subject(previous, evaluation):
         previous = None  # a stray or tampered file: the summary compares with nothing
-    summaries = render_summaries(evaluation, previous, settings)
-    plan = build_transaction(evaluation, summaries, now, settings, existing)
+    outcome = plan_write_back(evaluation, settings, now, previous, existing)
     current_path.write_text(_dump(evaluation), encoding="utf-8")
-    (folder / "summary.html").write_text(summaries["html"], encoding="utf-8")
-    (folder / "summary.md").write_text(summaries["md"], encoding="utf-8")
-    (folder / "bundle.json").write_text(_dump(plan.bundle), encoding="utf-8")
-    return PatientOutput(folder, plan)
+    (folder / "summary.html").write_text(outcome.summaries["html"], encoding="utf-8")
+    (folder / "summary.md").write_text(outcome.summaries["md"], encoding="utf-8")
+    (folder / "bundle.json").write_text(_dump(outcome.plan.bundle), encoding="utf-8")
+    return PatientOutput(folder, outcome.plan)
 
 
 def _same_subject(previous: Any, evaluation: Mapping[str, Any]) -> bool:

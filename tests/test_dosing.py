@@ -653,11 +653,11 @@ def test_treatment_block_shows_cycles_responses_omissions_and_interruptions() ->
 
 
 def test_a_dose_engine_failure_never_becomes_a_dose(monkeypatch: pytest.MonkeyPatch) -> None:
-    import adapter.api
+    import adapter.evaluate
 
     def broken(*_args: Any, **_kwargs: Any) -> Any:
         raise ZeroDivisionError
 
-    monkeypatch.setattr(adapter.api, "plan_next_dose", broken)
+    monkeypatch.setattr(adapter.evaluate, "plan_next_dose", broken)
     d = plan(dosing_patient("p", TODAY, 0), "nhs-ta514")
     assert d["action"] == "insufficient-data" and d["doses"] == [] and "internal-error" in ids(d)

@@ -29,8 +29,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapter.api import evaluate_resources
+from adapter.evaluate import render_summaries
 from adapter.mapping.tables import load_tables
-from adapter.outputs import render_summaries
 from adapter.writeback.bundle import build_transaction
 from adapter.writeback.settings import WriteSettings
 from tests.conftest import TODAY, criterion, eligible_patient

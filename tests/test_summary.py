@@ -21,8 +21,9 @@ import orjson
 import pytest
 
 from adapter import __version__
-from adapter.api import dose_error_json, evaluate_path
+from adapter.api import evaluate_path
 from adapter.errors import ExitCode
+from adapter.evaluate import dose_error_json
 from adapter.protocols import VARIANTS, load_variant
 from adapter.summary import (
     SUMMARY_FORMATS,

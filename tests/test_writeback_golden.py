@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from adapter.api import evaluate_path
-from adapter.outputs import render_summaries
+from adapter.evaluate import render_summaries
 from adapter.writeback.bundle import build_transaction
 from adapter.writeback.settings import WriteSettings
 from tests.conftest import TODAY
