@@ -297,6 +297,151 @@ def check_order(
         sys.exit(int(ExitCode.ORDER_REJECTED))
 
 
+def _default_state() -> str:
+    import os
+
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "ino-adapter", "sync.sqlite")
+
+
+@main.command()
+@click.option("--server", required=True, metavar="URL", help="FHIR R4 base URL of the hospital's server.")
+@protocol_option
+@click.option(
+    "--auth",
+    type=click.Choice(["none", "bearer", "smart"]),
+    default="none",
+    show_default=True,
+    help="none; bearer (a static token from --token-env or --token-file); smart (SMART Backend "
+    "Services: --client-id and --key).",
+)
+@click.option("--client-id", metavar="ID", help="SMART Backend Services client id.")
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(exists=True, dir_okay=False, readable=True),
+    help="SMART Backend Services private key (PEM, RSA or EC P-384).",
+)
+@click.option("--key-id", metavar="KID", help="The key's id (default: its JWK thumbprint).")
+@click.option(
+    "--token-env", metavar="NAME", help="Name of the environment variable holding the bearer token."
+)
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False, readable=True),
+    help="File holding the bearer token (chmod 600). The token is never a command-line argument.",
+)
+@click.option(
+    "--patient", "patients", multiple=True, metavar="ID", help="Evaluate this patient (repeatable)."
+)
+@click.option("--group", metavar="ID", help="Evaluate the members of this FHIR Group.")
+@click.option(
+    "--since",
+    metavar="auto|DATETIME",
+    help="Skip patients whose record is unchanged: since each patient's checkpoint in the state file "
+    "(auto) or since DATETIME. A patient whose next dose is due is always evaluated.",
+)
+@click.option("--as-of", callback=_parse_date, metavar="YYYY-MM-DD", help="Evaluation date (default: today).")
+@click.option("--dry-run", is_flag=True, help="Write nothing to the server; print (and with --out save) what "
+              "would be sent.")  # fmt: skip
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    help="Patients' chunks worked on at once (one patient is only ever written by one worker).",
+)
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(dir_okay=False, writable=True),
+    default=_default_state,
+    show_default="$XDG_STATE_HOME/ino-adapter/sync.sqlite",
+    help="The run ledger (SQLite): resumable runs, checkpoints, the last evaluation per patient.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, writable=True),
+    help="Also write the per-patient folders of `evaluate --out` (evaluation, summaries, bundle).",
+)
+@mappings_option
+@site_settings_option
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the run's report as JSON to this file.",
+)
+@handle_errors
+def sync(
+    server: str,
+    protocol: str,
+    auth: str,
+    client_id: str | None,
+    key_file: str | None,
+    key_id: str | None,
+    token_env: str | None,
+    token_file: str | None,
+    patients: tuple[str, ...],
+    group: str | None,
+    since: str | None,
+    as_of: date,
+    dry_run: bool,
+    concurrency: int,
+    state_path: str,
+    out_dir: str | None,
+    mappings: tuple[str, ...],
+    site_settings: str | None,
+    report_path: str | None,
+) -> None:
+    """Evaluate the protocol's patients on a FHIR server and write the results back.
+
+    Selects the patients with a B-ALL Condition or an inotuzumab order or administration (or --patient,
+    --group), skips those unchanged since the last run (--since auto) unless a dose is due, evaluates
+    each, and writes the draft proposals, DetectedIssues, summary and Provenance back. Resumable: a
+    killed run is finished by the next. Exit status 0 all done, 1 some patients failed, 2 bad invocation,
+    3 bad mapping/settings, 5 server unreachable or authentication refused, 143 stopped by SIGTERM.
+    """
+    import logging
+
+    from adapter.sync import SyncOptions, run_sync
+    from adapter.sync.options import parse_since
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("ino-adapter sync: %(message)s"))
+    handler.set_name("ino-adapter-sync")
+    for name, level in (("adapter.sync", logging.INFO), ("adapter.fhir", logging.WARNING)):
+        logger = logging.getLogger(name)
+        logger.handlers = [h for h in logger.handlers if h.get_name() != "ino-adapter-sync"]
+        logger.addHandler(handler)
+        logger.setLevel(level)
+    options = SyncOptions(
+        server=server,
+        protocol=protocol,
+        state=Path(state_path),
+        as_of=as_of,
+        auth=auth,
+        client_id=client_id,
+        key_file=key_file,
+        key_id=key_id,
+        token_env=token_env,
+        token_file=token_file,
+        patients=patients,
+        group=group,
+        since=parse_since(since),
+        dry_run=dry_run,
+        concurrency=concurrency,
+        out_dir=Path(out_dir) if out_dir else None,
+        mappings=mappings,
+        site_settings=site_settings,
+        report_path=Path(report_path) if report_path else None,
+    )
+    report = run_sync(options)
+    click.echo(report.text())
+    sys.exit(report.exit_code)
+
+
 @main.command()
 @click.argument("evaluation_path", metavar="EVALUATION", type=click.Path(exists=True, dir_okay=False))
 @click.option(

@@ -9,11 +9,13 @@ class ExitCode(IntEnum):
     """Process exit codes. 0 means evaluated, whatever the clinical decision."""
 
     OK = 0
-    USAGE = 1  # reserved for usage errors reported by click itself (click uses 2; see cli.py)
+    PATIENTS_FAILED = 1  # sync: some patients failed (each reported with its reason); the others were done
+    USAGE = 1  # alias of 1, kept for compatibility (click reports usage errors with 2; see cli.py)
     BAD_INPUT = 2  # unusable input: not JSON, not FHIR, unknown resourceType, no Patient ...; unsafe --out
     BAD_MAPPINGS = 3  # a --mappings file or a shipped table is malformed
     ORDER_REJECTED = 4  # check-order --fail-on: the order's verdict reached the given severity
     FHIR_SERVER = 5  # a FHIR server refused a request, answered with an error, or could not be reached
+    STOPPED = 143  # sync: stopped by SIGTERM after finishing the patients in flight; the next run resumes
     INTERNAL = 70  # a bug: reported without a traceback unless --debug
 
 

@@ -17,7 +17,7 @@ settings once per run: a bad file stops the run before any patient is evaluated.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -193,9 +193,13 @@ def evaluate_record(record: PatientRecord, setup: Setup) -> dict[str, Any]:
 
 
 # -- mapping ---------------------------------------------------------------------------------
-def map_with(resources: list[SourcedResource], tables: Tables, validate: bool) -> RecordSet:
-    """Validate (optionally) and map resources into PatientRecords."""
-    invalid = validate_all(resources) if validate else {}
+def map_with(
+    resources: list[SourcedResource], tables: Tables, validate: bool, invalid: Mapping[str, str] | None = None
+) -> RecordSet:
+    """Validate (optionally) and map resources into PatientRecords. ``invalid`` (origin -> reason) is the
+    validation already done by the caller (``sync`` validates only what changed since its last run)."""
+    if invalid is None:
+        invalid = validate_all(resources) if validate else {}
     return build_records(resources, tables, invalid)
 
 
@@ -210,16 +214,21 @@ def render_summaries(
     }
 
 
+#: How summaries are rendered: ``render_summaries``, or a caller's cache in front of it.
+Renderer = Callable[[dict[str, Any], dict[str, Any] | None, WriteSettings], dict[str, str]]
+
+
 def plan_write_back(
     evaluation: dict[str, Any],
     settings: WriteSettings,
     now: str,
     previous: dict[str, Any] | None = None,
     existing: Mapping[Key, Existing] | None = None,
+    render: Renderer = render_summaries,
 ) -> PatientOutcome:
     """The summaries and the transaction Bundle that writes ``evaluation`` back, reconciled with
     what the server (or the input) already holds under our identifiers (``existing``)."""
-    summaries = render_summaries(evaluation, previous, settings)
+    summaries = render(evaluation, previous, settings)
     plan = build_transaction(evaluation, summaries, now, settings, existing)
     return PatientOutcome(evaluation, summaries, plan)
 
@@ -228,13 +237,30 @@ def evaluate_patient(
     resources: list[SourcedResource],
     setup: Setup,
     now: str,
-    previous: dict[str, Any] | None = None,
+    previous: dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
+    existing: Mapping[Key, Existing] | None = None,
+    *,
+    invalid: Mapping[str, str] | None = None,
+    render: Renderer = render_summaries,
 ) -> PatientOutcome:
     """ONE patient's resources (e.g. ``Patient/$everything``, with our earlier write-back resources)
-    in; the evaluation and its write plan out. Our resources among the input are what exists."""
-    records = map_with(resources, setup.tables, setup.validate)
+    in; the evaluation and its write plan out. Our resources among the input are what exists, with
+    ``existing`` (what a server holds under our keys, e.g. found by ``sync``) over them. ``previous`` is
+    the evaluation the summary compares with, or a function choosing it once the evaluation is known.
+    ``invalid`` is R4B validation already done (see :func:`map_with`); ``render`` may cache summaries."""
+    records = map_with(resources, setup.tables, setup.validate, invalid)
     if len(records.records) != 1:
         raise InputError("<patient>", f"expected the resources of one Patient, found {len(records.records)}")
     evaluation = evaluate_record(records.records[0], setup)
-    existing = existing_from_resources(r.resource for r in resources)
-    return plan_write_back(evaluation, setup.settings, now, previous, existing)
+    known = {**existing_from_resources(r.resource for r in resources), **(existing or {})}
+    earlier = previous(evaluation) if callable(previous) else previous
+    return plan_write_back(evaluation, setup.settings, now, earlier, known, render)
+
+
+def replan(
+    outcome: PatientOutcome, setup: Setup, now: str, existing: Mapping[Key, Existing]
+) -> PatientOutcome:
+    """The same evaluation and summaries, reconciled again with what is now known to exist (e.g. after
+    looking up the keys the first plan would have created)."""
+    plan = build_transaction(outcome.evaluation, outcome.summaries, now, setup.settings, existing)
+    return PatientOutcome(outcome.evaluation, outcome.summaries, plan)

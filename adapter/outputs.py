@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from adapter.errors import InputError, OutputError
-from adapter.evaluate import plan_write_back
+from adapter.evaluate import PatientOutcome, plan_write_back
 from adapter.safe_text import patient_tag
 from adapter.writeback.bundle import Existing, WritePlan
 from adapter.writeback.keys import Key
@@ -102,8 +102,11 @@ def write_patient(
     now: str,
     settings: WriteSettings,
     existing: Mapping[Key, Existing] | None = None,
+    outcome: PatientOutcome | None = None,
 ) -> PatientOutput:
-    """Write one patient's folder and return it with the write plan."""
+    """Write one patient's folder and return it with the write plan. ``outcome`` is a plan already made
+    for ``evaluation`` (``sync``: the summaries and the Bundle it sends); without it the plan is made here,
+    the summary comparing with the folder's previous evaluation."""
     folder = folder_for(out_dir, evaluation)
     folder.mkdir(parents=True, exist_ok=True)
     if not folder.resolve().is_relative_to(out_dir.resolve()):  # a link made while we looked
@@ -120,7 +123,8 @@ def write_patient(
     previous = _read_json(previous_path)
     if not _same_subject(previous, evaluation):
         previous = None  # a stray or tampered file: the summary compares with nothing
-    outcome = plan_write_back(evaluation, settings, now, previous, existing)
+    if outcome is None:
+        outcome = plan_write_back(evaluation, settings, now, previous, existing)
     current_path.write_text(_dump(evaluation), encoding="utf-8")
     (folder / "summary.html").write_text(outcome.summaries["html"], encoding="utf-8")
     (folder / "summary.md").write_text(outcome.summaries["md"], encoding="utf-8")

@@ -4,6 +4,7 @@ injection through a fake ``requests`` transport adapter (the server itself is ne
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -25,6 +26,7 @@ from adapter.fhir.client import (
     FhirNotFound,
     FhirPreconditionFailed,
     FhirServerError,
+    FhirThrottled,
     FhirTransportError,
     FhirUnauthorized,
     FhirUnprocessable,
@@ -303,15 +305,19 @@ Handler = Callable[[requests.PreparedRequest], "requests.Response | Exception"]
 
 
 class FakeTransport(BaseAdapter):
-    """A requests transport adapter that answers from a function and records what was sent."""
+    """A requests transport adapter that answers from a function and records what was sent (and, through
+    the client's injected ``sleep``, how long the client would have waited: ``sleeps``)."""
 
     def __init__(self, handler: Handler) -> None:
         super().__init__()
         self.handler = handler
         self.sent: list[tuple[requests.PreparedRequest, Any]] = []
+        self.sleeps: list[float] = []
+        self.lock = threading.Lock()
 
     def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
-        self.sent.append((request, timeout))
+        with self.lock:
+            self.sent.append((request, timeout))
         answer = self.handler(request)
         if isinstance(answer, Exception):
             raise answer
@@ -319,6 +325,9 @@ class FakeTransport(BaseAdapter):
 
     def close(self) -> None:
         pass
+
+    def urls(self) -> list[str]:
+        return [r.url or "" for r, _ in self.sent]
 
 
 def respond(
@@ -334,22 +343,33 @@ def respond(
     return resp
 
 
-@pytest.fixture
-def fake() -> Iterator[Callable[[Handler], tuple[FhirClient, FakeTransport]]]:
+Fake = Callable[..., tuple[FhirClient, FakeTransport]]
+
+
+def fake_clients() -> Iterator[Fake]:
+    """The body of the ``fake`` fixture (other test modules define theirs with ``yield from``)."""
     clients: list[FhirClient] = []
 
-    def make(handler: Handler) -> tuple[FhirClient, FakeTransport]:
+    def make(handler: Handler, **kwargs: Any) -> tuple[FhirClient, FakeTransport]:
         transport = FakeTransport(handler)
         session = requests.Session()
         session.mount("http://", transport)
         session.mount("https://", transport)
-        client = FhirClient(BASE, session=session, auth="s3cret-token")
+        kwargs.setdefault("auth", "s3cret-token")
+        kwargs.setdefault("sleep", transport.sleeps.append)
+        client = FhirClient(BASE, session=session, **kwargs)
         clients.append(client)
         return client, transport
 
     yield make
     for c in clients:
         c.session.close()
+
+
+@pytest.fixture
+def fake() -> Iterator[Fake]:
+    """``fake(handler, **client_kwargs)``: a client on a fake transport; it never really sleeps."""
+    yield from fake_clients()
 
 
 SECRET = "Jane-Secretname-1970"
@@ -373,6 +393,7 @@ def test_500_with_operation_outcome_is_a_server_error_without_patient_data(fake:
     assert exc.status == 500 and exc.outcome == OUTCOME_500
     assert "fatal exception: cannot store Patient/" in str(exc)
     assert SECRET not in str(exc)
+    assert len(transport.sent) == 1  # a plain POST is never retried
     request, timeout = transport.sent[0]
     assert timeout == DEFAULT_TIMEOUT
     assert request.headers["Content-Type"] == "application/fhir+json"
@@ -396,11 +417,13 @@ def test_503_with_html_body_keeps_no_body(fake: Any) -> None:
         (401, FhirUnauthorized),
         (403, FhirUnauthorized),
         (404, FhirNotFound),
+        (408, FhirThrottled),
         (409, FhirConflict),
         (410, FhirNotFound),
         (412, FhirPreconditionFailed),
         (418, FhirError),
         (422, FhirUnprocessable),
+        (429, FhirThrottled),
         (502, FhirServerError),
         (302, FhirError),
     ],

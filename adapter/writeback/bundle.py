@@ -15,7 +15,10 @@ Idempotency: each resource has a deterministic business identifier (adapter.writ
   version, so a concurrent signature is never overwritten (no version known → not updated, and said);
 - an ``active`` or ``on-hold`` order under our identifier whose content differs → never touched; a
   DetectedIssue says the new plan differs from the signed order. Other statuses (completed,
-  cancelled, stopped, entered-in-error) are a prescriber's decision and are left alone.
+  cancelled, stopped, entered-in-error) are a prescriber's decision and are left alone;
+- a resource of ours that someone changed on the server since we wrote it (``Existing.edited_elsewhere``,
+  known to ``sync`` from the versions it recorded) whose content differs → never overwritten: the
+  clinician's edit wins; it is listed in ``kept`` and ``not_touched``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,14 @@ class Existing:
     status: str | None
     etag: str | None  # W/"<versionId>", or None when unknown
     resource: dict[str, Any]
+    #: changed on the server by someone else since we wrote it (sync's ledger knows the version we
+    #: wrote): its content is never overwritten, whatever the new plan says
+    edited_elsewhere: bool = False
+
+    @property
+    def version(self) -> str | None:
+        version = (self.resource.get("meta") or {}).get("versionId")
+        return version if isinstance(version, str) and version else None
 
 
 @dataclass(slots=True)
@@ -60,6 +71,8 @@ class WritePlan:
     updated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     not_touched: list[str] = field(default_factory=list)  # orders a prescriber owns, with the reason
+    kept: list[str] = field(default_factory=list)  # ours, edited on the server since we wrote it: kept
+    keys: list[tuple[str, Key]] = field(default_factory=list)  # (type, key) of every resource planned
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -68,6 +81,7 @@ class WritePlan:
             "updated": len(self.updated),
             "unchanged": len(self.unchanged),
             "not_touched": self.not_touched,
+            "kept": len(self.kept),
         }
 
 
@@ -98,15 +112,32 @@ def existing_from_resources(resources: Iterable[dict[str, Any]]) -> dict[Key, Ex
     return out
 
 
+def software_device() -> tuple[Key, dict[str, Any]]:
+    """The adapter as a Device (its key and resource): the agent of every Provenance it writes."""
+    from adapter import __version__
+
+    key = Key(load_codes().identifier_systems.software, f"ino-adapter-{__version__}")
+    return key, build.software_device(key)
+
+
+def resource_key(resource: dict[str, Any], codes: WritebackCodes | None = None) -> Key:
+    """The business identifier a planned resource is found again by (its key tag for the types matched
+    by tag; see :func:`lookup_query`)."""
+    codes = codes or load_codes()
+    if resource["resourceType"] in codes.match_by_tag:
+        tag = next(t for t in resource["meta"]["tag"] if t["system"] == codes.provenance_tag_system)
+        return Key(tag["system"], tag["code"])
+    ident = resource["identifier"][0]
+    return Key(ident["system"], ident["value"])
+
+
 def lookup_query(resource: dict[str, Any], codes: WritebackCodes | None = None) -> str:
     """The search (without '?') that finds ``resource`` again: its business identifier, or its key tag
     for the types matched by tag (mappings/writeback.yaml ``match_by_tag``)."""
     codes = codes or load_codes()
-    if resource["resourceType"] in codes.match_by_tag:
-        tag = next(t for t in resource["meta"]["tag"] if t["system"] == codes.provenance_tag_system)
-        return f"_tag={tag['system']}|{tag['code']}"
-    ident = resource["identifier"][0]
-    return f"identifier={ident['system']}|{ident['value']}"
+    key = resource_key(resource, codes)
+    name = "_tag" if resource["resourceType"] in codes.match_by_tag else "identifier"
+    return f"{name}={key.token()}"
 
 
 class _Assembler:
@@ -140,6 +171,7 @@ class _Assembler:
             tag = {"system": self.codes.provenance_tag_system, "code": key.value}
             resource["meta"] = {"tag": [tag]}
         label = f"{rtype} {key.value}"
+        self.plan.keys.append((rtype, key))
         found = self.existing.get(key)
         if found is not None:
             if content(found.resource) == content(resource):
@@ -154,6 +186,10 @@ class _Assembler:
                 return found.ref
             if rtype == "Provenance":  # append-only: its key already carries its content
                 self.plan.unchanged.append(label)
+                return found.ref
+            if found.edited_elsewhere:  # a clinician's edit since we wrote it wins
+                self.plan.kept.append(label)
+                self.plan.not_touched.append(f"{label}: changed on the server since it was written; kept")
                 return found.ref
             if found.etag is None:
                 self.plan.not_touched.append(f"{label}: changed, but its version is unknown")
@@ -182,10 +218,8 @@ class _Assembler:
     # -- the evaluation's parts ------------------------------------------------------------
     def device(self) -> str:
         """The adapter as a Device (agent of the Provenance, author of issues and documents)."""
-        from adapter import __version__
-
-        key = Key(self.systems.software, f"ino-adapter-{__version__}")
-        ref = self.put(key, build.software_device(key))
+        key, device = software_device()
+        ref = self.put(key, device)
         self.written = [w for w in self.written if w[0] != key]  # on its own it is no reason to write
         return ref
 

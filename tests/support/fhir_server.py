@@ -14,12 +14,24 @@ interrupted install never passes for a complete one. Installing needs only PyPI;
 
 One server per test session (``fhir_server``, session-scoped): 127.0.0.1 on a free port, an in-memory
 store, the simulator off, no traffic log, bearer auth with a random token, its working files in a
-pytest temp dir. It is started as ``python -m uvicorn sekmet.main:app_factory --factory`` (what
+pytest temp dir. SMART Backend Services is enabled too (``server.smart``, :class:`SmartSetup`): the
+fixture generates an RSA (RS384) and an EC P-384 (ES384) private key with ``cryptography``, writes them as
+PEM files (mode 600) in the working dir and registers their public JWKs as the clients
+``ino-adapter-test`` (RSA key) and ``ino-adapter-test-es384`` (EC key), scopes ``system/*.*``; a third
+client, ``ino-limited``, holds the same RSA key but may only have ``system/Patient.rs``. (One client per key
+type because sekmet 0.1.1 tries every key of a client and answers 500 when a key's type does not fit the
+assertion's ``alg``.) Its token endpoint is ``[root]/auth/token`` (discovered through
+``[base]/.well-known/smart-configuration``); tokens live ``token_lifetime`` seconds (one hour unless a
+test starts its own server with ``start_server(..., token_lifetime=2)``).
+
+It is started as ``python -m uvicorn sekmet.main:app_factory --factory`` (what
 ``sekmet serve`` runs) with ``SEKMET_CONFIG`` naming the settings file, is ready when
 ``GET [base]/metadata`` answers, and is stopped by PID (terminate, wait, kill) at session end. Tests share
 it, so they must use unique ids and identifiers (e.g. ``uuid4().hex``).
 
 ``fhir_client`` (function-scoped) is an :class:`adapter.fhir.client.FhirClient` for that server.
+``fault_proxy`` (function-scoped) is a :class:`tests.support.fault_proxy.FaultProxy` in front of it (its
+``base_url`` is the server's base on the proxy's port; stopped after the test).
 """
 
 from __future__ import annotations
@@ -42,8 +54,12 @@ from typing import IO, Any
 import pytest
 import requests
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from adapter.fhir.auth import SmartBackendAuth, jwk_thumbprint, public_jwk
 from adapter.fhir.client import FhirClient
+from tests.support.fault_proxy import FaultProxy
 
 __all__ = [
     "HOME_ENV_VAR",
@@ -51,7 +67,9 @@ __all__ = [
     "SekmetInstallError",
     "SekmetServer",
     "SekmetStartError",
+    "SmartSetup",
     "ensure_installed",
+    "fault_proxy",
     "fhir_client",
     "fhir_server",
     "sekmet_home",
@@ -179,6 +197,66 @@ def ensure_installed(home: Path | None = None) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# SMART Backend Services client registration
+
+SMART_CLIENT_ID = "ino-adapter-test"
+SMART_ES384_CLIENT_ID = "ino-adapter-test-es384"
+SMART_LIMITED_CLIENT_ID = "ino-limited"
+SMART_LIMITED_SCOPES = "system/Patient.rs"
+
+
+@dataclass(frozen=True)
+class SmartSetup:
+    """The SMART backend clients registered with a test server and their private key files."""
+
+    client_id: str
+    es384_client_id: str
+    limited_client_id: str
+    limited_scopes: str
+    rs384_key: Path
+    es384_key: Path
+    rs384_kid: str
+    es384_kid: str
+
+
+def _write_key(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, path: Path) -> None:
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path.write_bytes(pem)
+    path.chmod(0o600)
+
+
+def _make_smart(workdir: Path) -> tuple[SmartSetup, list[dict[str, Any]]]:
+    """New keys for this server: (the setup, the ``smart_clients`` entries of its settings)."""
+    keys = workdir / "smart"
+    keys.mkdir(parents=True, exist_ok=True)
+    keys.chmod(0o700)
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ec_key = ec.generate_private_key(ec.SECP384R1())
+    _write_key(rsa_key, keys / "rs384.pem")
+    _write_key(ec_key, keys / "es384.pem")
+    setup = SmartSetup(
+        client_id=SMART_CLIENT_ID,
+        es384_client_id=SMART_ES384_CLIENT_ID,
+        limited_client_id=SMART_LIMITED_CLIENT_ID,
+        limited_scopes=SMART_LIMITED_SCOPES,
+        rs384_key=keys / "rs384.pem",
+        es384_key=keys / "es384.pem",
+        rs384_kid=jwk_thumbprint(rsa_key),
+        es384_kid=jwk_thumbprint(ec_key),
+    )
+    rs_jwk = {**public_jwk(rsa_key), "alg": "RS384", "use": "sig", "kid": setup.rs384_kid}
+    es_jwk = {**public_jwk(ec_key), "alg": "ES384", "use": "sig", "kid": setup.es384_kid}
+    clients = [
+        {"client_id": SMART_CLIENT_ID, "jwks": {"keys": [rs_jwk]}, "scopes": "system/*.*"},
+        {"client_id": SMART_ES384_CLIENT_ID, "jwks": {"keys": [es_jwk]}, "scopes": "system/*.*"},
+        {"client_id": SMART_LIMITED_CLIENT_ID, "jwks": {"keys": [rs_jwk]}, "scopes": SMART_LIMITED_SCOPES},
+    ]
+    return setup, clients
+
+
+# ---------------------------------------------------------------------------------------------------------
 # server
 
 
@@ -191,7 +269,17 @@ class SekmetServer:
     process: subprocess.Popen[bytes]
     workdir: Path
     stderr_path: Path
+    smart: SmartSetup
     _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def root_url(self) -> str:
+        """The server's root (``base_url`` without ``/fhir``)."""
+        return self.base_url.removesuffix("/fhir")
+
+    @property
+    def token_endpoint(self) -> str:
+        return f"{self.root_url}/auth/token"
 
     @property
     def auth_headers(self) -> dict[str, str]:
@@ -201,6 +289,14 @@ class SekmetServer:
         """A new FhirClient for this server (keyword arguments go to FhirClient)."""
         kwargs.setdefault("auth", self.token)
         return FhirClient(self.base_url, **kwargs)
+
+    def smart_auth(self, alg: str = "RS384", **kwargs: Any) -> SmartBackendAuth:
+        """SMART backend auth as a registered full-scope client, with its RS384 or ES384 key (keyword
+        arguments go to SmartBackendAuth, e.g. ``scopes`` or ``clock``)."""
+        es = alg == "ES384"
+        key = self.smart.es384_key if es else self.smart.rs384_key
+        kwargs.setdefault("client_id", self.smart.es384_client_id if es else self.smart.client_id)
+        return SmartBackendAuth.from_key_file(key_file=key, **kwargs)
 
     def stderr_tail(self, lines: int = 30) -> str:
         try:
@@ -229,7 +325,9 @@ def _free_port() -> int:
         return port
 
 
-def _settings(port: int, token: str, workdir: Path) -> dict[str, Any]:
+def _settings(
+    port: int, token: str, workdir: Path, smart_clients: list[dict[str, Any]], token_lifetime: int
+) -> dict[str, Any]:
     return {
         "base_url": f"http://127.0.0.1:{port}/fhir",
         "host": "127.0.0.1",
@@ -239,7 +337,13 @@ def _settings(port: int, token: str, workdir: Path) -> dict[str, Any]:
         "own_private_key_path": str(workdir / "keys" / "sekmet_private.pem"),
         "log_inbound": False,
         "simulator": {"enabled": False},
-        "server_auth": {"types": ["bearer"], "tokens": [token]},
+        "server_auth": {
+            "types": ["bearer", "smart"],
+            "tokens": [token],
+            "smart_clients": smart_clients,
+            "token_lifetime": token_lifetime,
+            "enforce_scopes": True,
+        },
     }
 
 
@@ -251,10 +355,12 @@ def _ready(base_url: str) -> bool:
         return False
 
 
-def _start_once(python: Path, workdir: Path, port: int) -> SekmetServer:
+def _start_once(python: Path, workdir: Path, port: int, token_lifetime: int) -> SekmetServer:
     token = secrets.token_urlsafe(24)
+    smart, smart_clients = _make_smart(workdir)
     config = workdir / f"settings-{port}.yaml"
-    config.write_text(yaml.safe_dump(_settings(port, token, workdir), sort_keys=False), encoding="utf-8")
+    settings = _settings(port, token, workdir, smart_clients, token_lifetime)
+    config.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEKMET_")}
     env.pop("PYTHONPATH", None)
     env["SEKMET_CONFIG"] = str(config)
@@ -267,7 +373,7 @@ def _start_once(python: Path, workdir: Path, port: int) -> SekmetServer:
         process = subprocess.Popen(
             cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
         )
-    server = SekmetServer(f"http://127.0.0.1:{port}/fhir", token, process, workdir, stderr_path)
+    server = SekmetServer(f"http://127.0.0.1:{port}/fhir", token, process, workdir, stderr_path, smart)
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -284,12 +390,13 @@ def _start_once(python: Path, workdir: Path, port: int) -> SekmetServer:
     )
 
 
-def start_server(python: Path, workdir: Path) -> SekmetServer:
-    """Start sekmet-fhir on a free loopback port (retrying if another process grabbed the port)."""
+def start_server(python: Path, workdir: Path, *, token_lifetime: int = 3600) -> SekmetServer:
+    """Start sekmet-fhir on a free loopback port (retrying if another process grabbed the port).
+    ``token_lifetime`` is how long its SMART access tokens live, in seconds."""
     workdir.mkdir(parents=True, exist_ok=True)
     for attempt in range(_PORT_ATTEMPTS):
         try:
-            return _start_once(python, workdir, _free_port())
+            return _start_once(python, workdir, _free_port(), token_lifetime)
         except SekmetStartError as exc:
             if attempt + 1 == _PORT_ATTEMPTS or "address already in use" not in str(exc).lower():
                 raise
@@ -312,3 +419,10 @@ def fhir_client(fhir_server: SekmetServer) -> Iterator[FhirClient]:
     """A FhirClient (bearer token set) for the session's sekmet-fhir server."""
     with fhir_server.client() as client:
         yield client
+
+
+@pytest.fixture
+def fault_proxy(fhir_server: SekmetServer) -> Iterator[FaultProxy]:
+    """A fault-injecting proxy in front of the session's server (tests/support/fault_proxy.py)."""
+    with FaultProxy(fhir_server.base_url) as proxy:
+        yield proxy
