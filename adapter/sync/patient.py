@@ -42,7 +42,7 @@ from adapter.sync.ledger import Ledger, PatientState, Run
 from adapter.sync.options import SyncOptions
 from adapter.writeback.apply import find_keys, unknown_keys
 from adapter.writeback.bundle import Existing, existing_from_resources, resource_key
-from adapter.writeback.keys import Key, content_hash
+from adapter.writeback.keys import Key
 from adapter.writeback.settings import WriteSettings
 
 log = logging.getLogger("adapter.sync")
@@ -264,8 +264,9 @@ def versions_after(
 
 
 def plan_digest(outcome: PatientOutcome) -> str:
-    """What was decided (the evaluation) as a short hash."""
-    return content_hash(outcome.evaluation)
+    """What was decided (the evaluation, our own JSON: its numbers are always written the same way)
+    as a short hash."""
+    return hashlib.sha256(orjson.dumps(outcome.evaluation, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
 def _result(work: Work, state: str, response: dict[str, Any] | None, **kw: Any) -> PatientResult:

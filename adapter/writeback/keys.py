@@ -58,11 +58,23 @@ def _canonical(value: Any) -> Any:
         return {k: _canonical(v) for k, v in sorted(value.items())}
     if isinstance(value, list):
         return [_canonical(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+    if isinstance(value, str | bool) or value is None:
         return value
-    if isinstance(value, int | float):
-        return format(Decimal(str(value)).normalize(), "f")  # 1, 1.0 and 1.00 are the same number
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return _number(value)
     return str(value)
+
+
+def _number(value: float) -> str:
+    """The number as plain decimal text without trailing zeros: 1, 1.0 and 1.00 are the same number.
+
+    The shortest repr of a float has no trailing zeros but ``.0``; only an exponent needs Decimal."""
+    text = repr(value)
+    if "e" in text or "E" in text or "n" in text:  # exponent, or inf/nan
+        return format(Decimal(text).normalize(), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def content(resource: dict[str, Any]) -> Any:
