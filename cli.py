@@ -443,6 +443,33 @@ def sync(
 
 
 @main.command()
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, readable=True),
+    help="The service's YAML configuration (docs/service.md); INO_ADAPTER_<KEY> variables override it.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Worker processes (default: the configuration's workers, 1).",
+)
+@handle_errors
+def serve(config_path: str, workers: int | None) -> None:
+    """Run the HTTP service: POST /evaluate, /check-order, the FHIR operation $evaluate and the CDS Hooks
+    services (docs/service.md).
+
+    Stops gracefully on SIGTERM. Exit status 3: the configuration (or a table it names) is unusable;
+    nothing was started.
+    """
+    from adapter.service.server import serve as run_service
+
+    run_service(config_path, workers)
+
+
+@main.command()
 @click.argument("evaluation_path", metavar="EVALUATION", type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--format",
@@ -499,6 +526,45 @@ def render(
         Path(output_path).write_text(text, encoding="utf-8")
     else:
         click.echo(text, nl=False)
+
+
+@main.command("feedback-report")
+@click.option(
+    "--db",
+    "db_path",
+    required=True,
+    envvar="INO_ADAPTER_FEEDBACK_DB",
+    show_envvar=True,
+    type=click.Path(dir_okay=False),
+    help="The CDS Hooks feedback database (the service's feedback_db).",
+)
+@click.option(
+    "--since",
+    callback=_parse_optional_date,
+    metavar="YYYY-MM-DD",
+    help="Only cards issued on or after this day.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text: a table; json: one object.",
+)
+@handle_errors
+def feedback_report(db_path: str, since: date | None, fmt: str) -> None:
+    """Override rates of the CDS Hooks cards, per card kind (finding id) and override reason: what a
+    pharmacy and therapeutics committee reviews (docs/cds-hooks.md)."""
+    import orjson
+
+    from adapter.service.cds.feedback import build_report, report_text
+
+    report = build_report(db_path, since)
+    if fmt == "json":
+        sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        click.echo(report_text(report))
 
 
 if __name__ == "__main__":

@@ -75,7 +75,15 @@ def evaluate_batch(
     site_settings: str | Path | None = None,
 ) -> EvaluationRun:
     setup = Setup.load(protocol, as_of, mappings, site_settings, bsa_formula, validate)
-    records, notes = map_batch(batch, mappings, validate)
+    return run_batch(batch, setup, mappings, source)
+
+
+def run_batch(
+    batch: InputBatch, setup: Setup, mappings: Sequence[str] = (), source: str = "input"
+) -> EvaluationRun:
+    """Evaluate a batch with a :class:`Setup` loaded once (the HTTP service loads it at start); ``mappings``
+    are the site tables ``setup`` was loaded with (the mapping step finds them in its cache)."""
+    records, notes = map_batch(batch, mappings, setup.validate)
     if not records.records:
         skipped = f" ({len(batch.skipped)} file(s) skipped: not FHIR)" if batch.skipped else ""
         raise InputError(source, f"no Patient resource in the input{skipped}")
@@ -131,27 +139,49 @@ def check_order_path(
     """Check the inotuzumab MedicationRequest in ORDER against the plan for its patient in CONTEXT.
 
     The result carries the ``ruleset`` block (as an evaluation does), for the Provenance of --bundle."""
-    from adapter.dosing.order_check import check_order
-    from adapter.mapping.fhir_values import normalise_reference, reference
-    from adapter.mapping.record import resource_ref
+    order = one_order(read_input(order_path), str(order_path))
+    context = read_input(context_path)
+    ruleset = load_rules(protocol, mappings, site_settings)[3]
+    return check_order_in(
+        order, context, protocol, ruleset, as_of, mappings, validate, bsa_formula, str(context_path)
+    )
 
-    order_batch = read_input(order_path)
+
+def one_order(order_batch: InputBatch, source: str) -> SourcedResource:
+    """The one MedicationRequest of an order input (InputError otherwise)."""
     if order_batch.broken:
         raise InputError(order_batch.broken[0].origin, order_batch.broken[0].fault)
     orders = [r for r in order_batch.resources if r.resource.get("resourceType") == "MedicationRequest"]
     if len(orders) != 1:
-        raise InputError(str(order_path), f"expected one MedicationRequest, found {len(orders)}")
-    order = orders[0]
-    context = read_input(context_path)
+        raise InputError(source, f"expected one MedicationRequest, found {len(orders)}")
+    return orders[0]
+
+
+def check_order_in(
+    order: SourcedResource,
+    context: InputBatch,
+    protocol: str,
+    ruleset: dict[str, Any],
+    as_of: date | None = None,
+    mappings: Sequence[str] = (),
+    validate: bool = True,
+    bsa_formula: Formula = "mosteller",
+    context_source: str = "<context>",
+) -> dict[str, Any]:
+    """Check ``order`` against the plan for its patient in ``context`` (inputs already read: the CLI and the
+    HTTP service), with the ``ruleset`` block of the rules in force (adapter.evaluate.load_rules)."""
+    from adapter.dosing.order_check import check_order
+    from adapter.mapping.fhir_values import normalise_reference, reference
+    from adapter.mapping.record import resource_ref
+
     order_ref = resource_ref(order)
     context.resources = [r for r in context.resources if resource_ref(r) != order_ref] + [order]
-    ruleset = load_rules(protocol, mappings, site_settings)[3]
     records, _ = map_batch(context, mappings, validate)
     subject = reference(order.resource.get("subject"))
     record = next((r for r in records.records if subject and r.ref == normalise_reference(subject)), None)
     if record is None:
         fault = f"the order's patient ({patient_tag(subject)}) is not in the context"
-        raise InputError(str(context_path), fault if subject else "the order names no patient")
+        raise InputError(context_source, fault if subject else "the order names no patient")
     result = check_order(record, order_ref, protocol, as_of, bsa_formula).as_json()
     result["ruleset"] = ruleset
     return result

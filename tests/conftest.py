@@ -9,7 +9,12 @@ import pytest
 from adapter.api import evaluate_resources
 from tests.support.synth import PatientBuilder, full_workup
 
-pytest_plugins = ["tests.support.hl7_examples", "tests.support.fhir_server", "tests.support.r4_validator"]
+pytest_plugins = [
+    "tests.support.hl7_examples",
+    "tests.support.fhir_server",
+    "tests.support.r4_validator",
+    "tests.support.service",
+]
 
 TODAY = date(2026, 11, 21)
 

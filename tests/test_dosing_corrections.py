@@ -439,3 +439,18 @@ def test_ncit_grade_codes_still_read() -> None:
     cond = b.toxicity("Stomatitis", 2, onset_days_ago=3)
     assert cond["severity"] == cc(NCIT, "C41339", "Grade 2")
     assert plan(b, "nhs-ta514")["action"] == "delay"
+
+
+@pytest.mark.parametrize("variant", ALL)
+def test_the_order_for_the_first_dose_is_not_prior_antibody_therapy(variant: str, tmp_path: Path) -> None:
+    # MD Anderson's two-week monoclonal-antibody washout must not catch the inotuzumab order itself,
+    # neither in the evaluation nor when check-order checks that order
+    b = dosing_patient("p", TODAY, 0)
+    order = b.inotuzumab_order(0, 1.6)
+    assert result(b, variant)["eligibility"]["status"] == "eligible"
+    b.resources.remove(order)
+    ctx, o = tmp_path / "context.json", tmp_path / "order.json"
+    ctx.write_text(json.dumps(b.bundle()))
+    o.write_text(json.dumps(order))
+    r = check_order_path(o, ctx, variant)
+    assert r["verdict"] == "info" and r["plan"]["action"] == "administer"

@@ -517,3 +517,10 @@ def test_transaction_answer_must_match_the_request(fake: Any) -> None:
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}
     with pytest.raises(FhirError, match="1 entries sent but 0"):
         client.transaction(bundle)
+
+
+def test_a_code_system_url_in_the_query_is_not_taken_for_an_absolute_url(fake: Any) -> None:
+    client, transport = fake(lambda req: respond(req, 200, _searchset(None, req.url or "")))
+    list(client.search("Observation", {"code": "http://loinc.org|1975-2"}))
+    resp = client.request("GET", "Observation?code=http://loinc.org|1975-2")
+    assert resp.status == 200 and len(transport.sent) == 2

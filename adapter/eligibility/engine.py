@@ -1,6 +1,8 @@
 """Run a protocol variant's criteria over a PatientRecord.
 
-Before treatment starts every criterion is judged as of the as-of date. Once it has started
+Criteria never see the protocol drug's own records (:func:`without_drug`): an inotuzumab order or
+dose is not "prior therapy". Before treatment starts every criterion is judged as of the as-of
+date. Once it has started
 (``started_on``, the day of the first inotuzumab dose, on or before the as-of date) only the
 ``continuing`` criteria are; each ``start``-only criterion is judged as of ``started_on`` on the
 record without the protocol drug's own records, and reported NOT_APPLICABLE with that result
@@ -52,9 +54,12 @@ def evaluate_eligibility(
     ``started_on`` is the day of the first dose (None, or a day after ``as_of``: not started).
     """
     started = started_on if started_on is not None and started_on <= as_of else None
-    now = RuleContext(record, as_of, variant.accept_preliminary, variant.windows)
+    # the protocol drug's own records (an order for the first dose, the order check-order checks,
+    # the doses given) are never "prior therapy": MD Anderson's antibody washout would catch them
+    view = without_drug(record)
+    now = RuleContext(view, as_of, variant.accept_preliminary, variant.windows)
     at_start = (
-        RuleContext(without_drug(record), started, variant.accept_preliminary, variant.windows, now=as_of)
+        RuleContext(view, started, variant.accept_preliminary, variant.windows, now=as_of)
         if started is not None
         else None
     )

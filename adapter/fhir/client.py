@@ -810,7 +810,7 @@ class FhirClient:
 
     def _resolve(self, path_or_url: str) -> tuple[str, str]:
         """(absolute URL, path relative to the base). Absolute URLs must lie under base_url."""
-        if "://" not in path_or_url:
+        if "://" not in path_or_url.split("?", 1)[0]:  # a code system URL in the query is not absolute
             relative = path_or_url.lstrip("/")
             return (f"{self.base_url}/{relative}" if relative else self.base_url), relative
         parts = urlsplit(path_or_url)
