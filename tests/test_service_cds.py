@@ -179,6 +179,7 @@ def test_wrong_dose_gives_a_critical_card_whose_suggestion_carries_the_calculate
     assert link["type"] == "absolute"
     page = httpx.get(link["url"])
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "regimen summary" in page.text  # rendered from the evaluation when the link is opened
     assert (
         page.headers["cache-control"] == "no-store"
         and "default-src 'none'" in page.headers["content-security-policy"]

@@ -11,8 +11,8 @@ worker thread).
 3. The patient's record is gathered (adapter.service.cds.prefetch; 412 when required data cannot be
    obtained). When the first dose lies further back than the labs' date floor allows for its pre-treatment
    results, the older results are fetched too.
-4. The per-patient evaluation unit (adapter.evaluate: ``map_with``, ``evaluate_record``; the HTML summary)
-   evaluates the record as of today, for the regimen summary the cards link to.
+4. The per-patient evaluation unit (adapter.evaluate: ``map_with``, ``evaluate_record``) evaluates the
+   record as of today, for the regimen summary the cards link to (rendered when the link is opened).
 5. Each order is checked with check-order (adapter.dosing.order_check.check_order) on the record mapped with
    the order included, as it will be once signed (status ``active``; a draft is otherwise not a
    prescription the dose history counts), for the order's own dose date.
@@ -46,7 +46,6 @@ from adapter.service.cds.cards import CardContext, OrderView, order_cards, sort_
 from adapter.service.cds.discovery import CdsService, pretreatment_days
 from adapter.service.cds.prefetch import Gatherer, PreconditionFailedError, ServerAccess
 from adapter.service.errors import BadRequestError
-from adapter.summary.render import render_summary
 from adapter.writeback.bundle import build_transaction
 from adapter.writeback.codes import load_codes
 from adapter.writeback.resources import DOSE_ACTIONS
@@ -69,7 +68,8 @@ class HookRequest:
 @dataclass(slots=True)
 class HookResult:
     cards: list[dict[str, Any]]
-    summary_html: str | None = None
+    #: the evaluation the cards' summary link shows (rendered when the link is opened, not before)
+    summary_evaluation: dict[str, Any] | None = None
     how: dict[str, str] | None = None  # prefetch key -> how it was obtained (for the log)
     orders: int = 0
 
@@ -334,13 +334,9 @@ def run_hook(
         premeds = premedication_requests(evaluation, check, setup, now, held) if only_inotuzumab else []
         cards += order_cards(ctx, OrderView(draft.ref, draft.resource, check, premeds))
     unique = list({c["uuid"]: c for c in cards}.values())
-    # the card links to the HTML summary only: the Markdown one is not rendered
-    html = (
-        render_summary(evaluation, "html", template_dir=setup.settings.template_dir)
-        if unique and summary_url
-        else None
-    )
-    return HookResult(sort_cards(unique), html, dict(record.how), len(ino))
+    # the cards link to the HTML summary, rendered only when a clinician opens the link
+    shown = evaluation if unique and summary_url else None
+    return HookResult(sort_cards(unique), shown, dict(record.how), len(ino))
 
 
 def today_of(now: str) -> date:

@@ -39,6 +39,7 @@ from adapter.service.idempotency import Reply, run_idempotent
 from adapter.service.security import AuthError, verify_cds_jwt
 from adapter.service.store import StoredResponse
 from adapter.service.work import guarded
+from adapter.summary.render import render_summary
 
 JSON: Final = "application/json"
 SUMMARY_LINK_TTL_S: Final = 8 * 3600
@@ -78,6 +79,10 @@ def hook_fingerprint(body: Any) -> str:
         return ""
     payload = {"hook": body.get("hook"), "context": body.get("context")}
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+#: how a stored summary link keeps its evaluation (rendered to HTML when the link is opened)
+EVALUATION = "application/x-ino-evaluation+json"
 
 
 def _summary_key(token: str) -> str:
@@ -133,13 +138,13 @@ def build_router(deps: ServiceDeps) -> APIRouter:
             except PreconditionFailedError as exc:
                 deps.log.warning("cds 412", service=service.id, reason=exc.text)
                 raise _NotKept(exc) from None
-            if result.summary_html is not None:
+            if result.summary_evaluation is not None:
                 deps.idempotency.put(
                     _summary_key(token),
                     StoredResponse(
                         200,
-                        result.summary_html.encode(),
-                        "text/html; charset=utf-8",
+                        orjson.dumps(result.summary_evaluation),
+                        EVALUATION,
                         (("x-expires", str(time.time() + SUMMARY_LINK_TTL_S)),),
                     ),
                 )
@@ -204,13 +209,25 @@ def build_router(deps: ServiceDeps) -> APIRouter:
 
     @router.get("/cds-services/{service_id}/summary/{token}")
     async def summary(service_id: str, token: str) -> Response:
-        service_of(service_id)
+        service = service_of(service_id)
         if not 20 <= len(token) <= 100:
             raise ServiceError(404, "no such summary (or it expired)", "not-found")
         stored = await anyio.to_thread.run_sync(deps.idempotency.get, _summary_key(token))
         expires = dict(stored.headers).get("x-expires") if stored is not None else None
-        if stored is None or expires is None or float(expires) < time.time():
+        if (
+            stored is None
+            or expires is None
+            or float(expires) < time.time()
+            or stored.media_type != EVALUATION
+        ):
             raise ServiceError(404, "no such summary (or it expired)", "not-found")
-        return Response(stored.body, media_type=stored.media_type, headers=_SUMMARY_HEADERS)
+
+        def render() -> bytes:
+            evaluation = orjson.loads(stored.body)
+            template_dir = deps.setup(service.protocol, today_of(deps.now())).settings.template_dir
+            return render_summary(evaluation, "html", template_dir=template_dir).encode()
+
+        html = await anyio.to_thread.run_sync(render)
+        return Response(html, media_type="text/html; charset=utf-8", headers=_SUMMARY_HEADERS)
 
     return router
