@@ -108,6 +108,39 @@ site_settings_option = click.option(
 )
 
 
+def server_auth_options(fn: F) -> F:
+    """The FHIR server auth options of ``sync`` and ``screen --export`` (adapter.fhir.auth.make_auth)."""
+    options = [
+        click.option(
+            "--auth",
+            type=click.Choice(["none", "bearer", "smart"]),
+            default="none",
+            show_default=True,
+            help="none; bearer (a static token from --token-env or --token-file); smart (SMART Backend "
+            "Services: --client-id and --key).",
+        ),
+        click.option("--client-id", metavar="ID", help="SMART Backend Services client id."),
+        click.option(
+            "--key",
+            "key_file",
+            type=click.Path(exists=True, dir_okay=False, readable=True),
+            help="SMART Backend Services private key (PEM, RSA or EC P-384).",
+        ),
+        click.option("--key-id", metavar="KID", help="The key's id (default: its JWK thumbprint)."),
+        click.option(
+            "--token-env", metavar="NAME", help="Name of the environment variable holding the bearer token."
+        ),
+        click.option(
+            "--token-file",
+            type=click.Path(exists=True, dir_okay=False, readable=True),
+            help="File holding the bearer token (chmod 600). The token is never a command-line argument.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ino-adapter")
 @click.option("--debug", is_flag=True, help="Show tracebacks for internal errors.")
@@ -307,30 +340,7 @@ def _default_state() -> str:
 @main.command()
 @click.option("--server", required=True, metavar="URL", help="FHIR R4 base URL of the hospital's server.")
 @protocol_option
-@click.option(
-    "--auth",
-    type=click.Choice(["none", "bearer", "smart"]),
-    default="none",
-    show_default=True,
-    help="none; bearer (a static token from --token-env or --token-file); smart (SMART Backend "
-    "Services: --client-id and --key).",
-)
-@click.option("--client-id", metavar="ID", help="SMART Backend Services client id.")
-@click.option(
-    "--key",
-    "key_file",
-    type=click.Path(exists=True, dir_okay=False, readable=True),
-    help="SMART Backend Services private key (PEM, RSA or EC P-384).",
-)
-@click.option("--key-id", metavar="KID", help="The key's id (default: its JWK thumbprint).")
-@click.option(
-    "--token-env", metavar="NAME", help="Name of the environment variable holding the bearer token."
-)
-@click.option(
-    "--token-file",
-    type=click.Path(exists=True, dir_okay=False, readable=True),
-    help="File holding the bearer token (chmod 600). The token is never a command-line argument.",
-)
+@server_auth_options
 @click.option(
     "--patient", "patients", multiple=True, metavar="ID", help="Evaluate this patient (repeatable)."
 )
@@ -440,6 +450,84 @@ def sync(
     report = run_sync(options)
     click.echo(report.text())
     sys.exit(report.exit_code)
+
+
+@main.command()
+@click.argument(
+    "export_dir", metavar="EXPORT_DIR", required=False, type=click.Path(exists=True, file_okay=False)
+)
+@protocol_option
+@click.option("--as-of", callback=_parse_date, metavar="YYYY-MM-DD", help="Evaluation date (default: today).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, writable=True),
+    default="screen-out",
+    show_default=True,
+    help="Output directory (evaluations, write-back NDJSON, summary CSV/Parquet, report); also the "
+    "run's work and resume state.",
+)
+@click.option("--all-patients", is_flag=True, help="Evaluate every patient, not only the candidates.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Worker processes (default: the number of CPUs).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "spark"]),
+    default="local",
+    show_default=True,
+    help="local: worker processes on this machine; spark: a Spark cluster (the `spark` extra).",
+)
+@click.option(
+    "--master", metavar="URL", help="Spark master (--engine spark), e.g. local[2] or spark://HOST:7077."
+)
+@mappings_option
+@click.option("--validate", is_flag=True, help="Validate the candidates' resources with the R4B models.")
+@bsa_formula_option
+@site_settings_option
+@click.option(
+    "--progress",
+    type=click.Choice(["auto", "bar", "lines", "none"]),
+    default="auto",
+    show_default=True,
+    help="auto: a bar on a terminal, plain lines otherwise.",
+)
+@click.option("--server", metavar="URL", help="With --export: the FHIR server to export from.")
+@click.option(
+    "--export", "do_export", is_flag=True, help="Run a Bulk Data $export on --server, then screen it."
+)
+@click.option(
+    "--export-level",
+    type=click.Choice(["system", "patient"]),
+    default="system",
+    show_default=True,
+    help="[base]/$export or Patient/$export (--group: Group/ID/$export).",
+)
+@click.option("--group", metavar="ID", help="Export the members of this FHIR Group (Group/ID/$export).")
+@click.option("--since", metavar="DATETIME", help="With --export: only resources changed since (_since).")
+@server_auth_options
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    metavar="SCOPE",
+    help="SMART scope to ask for (repeatable; default: read on the exported types and Group, e.g. "
+    "system/Observation.rs). Some servers want system/*.read for $export.",
+)
+@handle_errors
+def screen(**params: Any) -> None:
+    """Screen a population: a Bulk Data export (EXPORT_DIR, or --server URL --export) in two streaming
+    passes: the candidates (a B-ALL Condition or an inotuzumab record; every patient with
+    --all-patients), then each candidate's evaluation and write-back. Bounded memory, parallel, resumable
+    (run the same command again after an interruption). Exit status 0 screened, 2 unusable input or
+    options, 3 bad mapping/settings, 5 server error (--export), 143 stopped (resumable).
+    """
+    from adapter.screen.cli import run_screen_command
+
+    run_screen_command(**params, say=_say)  # the options, by name (adapter/screen/cli.py)
 
 
 @main.command()

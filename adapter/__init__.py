@@ -4,7 +4,7 @@ The package is a pure core (``adapter.mapping``, ``adapter.eligibility``) with I
 the edges (``adapter.input`` reads files; ``cli.py`` is the command line).
 """
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 #: Version of the evaluation JSON contract (see docs/contract.md).
 CONTRACT_VERSION = "1"

@@ -12,6 +12,11 @@ fi
 # Headless Chromium for the summary render test (Debian package; installed only when missing).
 bash scripts/ensure_chromium.sh
 export INO_REQUIRE_BROWSER=1
+# PySpark (the `spark` extra) and a Java runtime (Debian openjdk-17-jre-headless, installed only
+# when missing) for the Spark screening engine's tests (tests/test_screen_spark.py).
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[spark]'
+JAVA_HOME=$(bash scripts/ensure_java.sh)
+export JAVA_HOME
 # The FHIR test server (sekmet-fhir, own venv under .cache/) and the offline R4 validator
 # (npm @medplum/core, tools/fhir-validator) are installed by the test fixtures on first use.
 echo "== ruff"

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -773,3 +774,30 @@ def test_fault_proxy_stops_promptly_while_holding_a_connection(fhir_server: Sekm
     caller.join(5)
     assert time.monotonic() - started < 2 and not caller.is_alive() and len(failures) == 1
     proxy.stop()  # idempotent
+
+
+def test_proxy_download_broken_off_is_retried_and_never_left_as_a_file(
+    fault_proxy: FaultProxy, fhir_server: SekmetServer, tmp_path: Path
+) -> None:
+    """A Bulk Data file download (client.download) whose body breaks off mid-way is fetched again; one that
+    always breaks off is an error, and neither leaves a file (nor its ``.part``) that could pass for data."""
+    with FhirClient(fault_proxy.base_url, auth=fhir_server.token, retry=FAST) as client:
+        created = client.update({"resourceType": "Patient", "id": f"ino-{uid()}", **patient(uid())})
+        assert created.body is not None
+        path = f"Patient/{created.body['id']}"
+        whole = requests.get(
+            f"{fhir_server.base_url}/{path}", headers=fhir_server.auth_headers, timeout=10
+        ).content
+        fault_proxy.inject(on("GET", path), Fault.cut(), times=1)
+        target = tmp_path / "Patient.ndjson"
+        assert client.download(path, target) == len(whole)
+        assert target.read_bytes() == whole and not list(tmp_path.glob("*.part"))
+        assert [s.fault for s in fault_proxy.requests("GET", path)] == ["cut", None]
+        fault_proxy.inject(on("GET", path), Fault.cut(), times=None)
+        broken = tmp_path / "broken.ndjson"
+        with pytest.raises(FhirTransportError, match="broke off"):
+            client.download(path, broken)
+        fault_proxy.clear_faults()
+        with pytest.raises(FhirNotFound):
+            client.download("Patient/no-such-patient-x", tmp_path / "missing.ndjson")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Patient.ndjson"]

@@ -60,6 +60,7 @@ Privacy rules, because requests carry patient data:
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 import threading
@@ -68,6 +69,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any, Final, Literal, TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -143,6 +145,10 @@ _INSTANT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d
 _MAX_ISSUES = 3
 _MAX_DIAGNOSTICS = 200
 _OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+#: Answer headers kept on :attr:`FhirResponse.headers` (Bulk Data status polling).
+_KEPT_HEADERS = frozenset({"x-progress", "expires", "content-type"})
+#: Bytes per read when downloading a file.
+_DOWNLOAD_CHUNK = 1024 * 1024
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -309,6 +315,8 @@ class FhirResponse:
     location: str | None
     last_modified: str | None
     retry_after: str | None = None
+    #: Other answer headers a caller may need (Bulk Data: ``X-Progress``, ``Expires``), lower-cased names.
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def version_id(self) -> str | None:
@@ -517,6 +525,8 @@ class _Raw:
     last_modified: str | None
     retry_after: str | None
     reauthorised: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+    written: int = 0  # a download's bytes written to its sink (the content is then empty)
 
 
 class _NoAnswer(Exception):  # noqa: N818 - internal signal
@@ -630,8 +640,13 @@ class FhirClient:
         params: list[tuple[str, str]] | None,
         data: bytes | None,
         headers: Mapping[str, str],
+        sink: Path | None = None,
     ) -> _Raw:
-        """One HTTP exchange (no retry): the answer, whatever its status; :class:`_NoAnswer` without one."""
+        """One HTTP exchange (no retry): the answer, whatever its status; :class:`_NoAnswer` without one.
+
+        With ``sink`` (a download) a 2xx body is streamed into that file, never held in memory, and
+        redirects are followed only when the request carries no Authorization header (the token never
+        follows a redirect); a body broken off is no answer (the file is removed)."""
         netloc = urlsplit(url).netloc
         try:
             resp = self.session.request(
@@ -641,7 +656,8 @@ class FhirClient:
                 data=data,
                 headers=dict(headers),
                 timeout=self.timeout,
-                allow_redirects=False,
+                allow_redirects=sink is not None and "Authorization" not in headers,
+                stream=sink is not None,
             )
         except requests.Timeout as exc:
             kind = _kind(exc)
@@ -657,15 +673,35 @@ class FhirClient:
             ) from None
         with resp:
             h = resp.headers
+            written = 0
+            if sink is not None and 200 <= resp.status_code < 300:
+                written = self._stream_into(resp, sink, what, netloc)
             return _Raw(
                 status=resp.status_code,
                 reason=resp.reason or "",
-                content=resp.content,
+                content=b"" if sink is not None and 200 <= resp.status_code < 300 else resp.content,
                 etag=h.get("ETag"),
                 location=h.get("Location") or h.get("Content-Location"),
                 last_modified=h.get("Last-Modified"),
                 retry_after=h.get("Retry-After"),
+                headers={k.lower(): v for k, v in h.items() if k.lower() in _KEPT_HEADERS},
+                written=written,
             )
+
+    @staticmethod
+    def _stream_into(resp: requests.Response, sink: Path, what: str, netloc: str) -> int:
+        written = 0
+        try:
+            with sink.open("wb") as out:
+                for chunk in resp.iter_content(_DOWNLOAD_CHUNK):
+                    out.write(chunk)
+                    written += len(chunk)
+        except requests.RequestException as exc:
+            sink.unlink(missing_ok=True)
+            kind = _kind(exc)
+            message = f"{what}: the download from {netloc} broke off ({kind})"
+            raise _NoAnswer(FhirTransportError(None, None, message), kind, sent=True) from None
+        return written
 
     def _call(
         self,
@@ -678,6 +714,7 @@ class FhirClient:
         data: bytes | Callable[[], bytes] | None = None,
         idempotent: bool,
         authenticate: bool,
+        sink: Path | None = None,
     ) -> _Raw:
         """:meth:`_send` with the retry policy and one re-authorisation on a 401. Returns the last answer
         (any status); raises :class:`FhirTransportError` when the last try had none."""
@@ -692,7 +729,7 @@ class FhirClient:
                 sent["Authorization"] = authorization
             payload = data() if callable(data) else data
             try:
-                raw = self._send(method, url, what, params, payload, sent)
+                raw = self._send(method, url, what, params, payload, sent, sink)
             except _NoAnswer as failure:
                 may_retry = idempotent or not failure.sent
                 if may_retry and tries < policy.max_tries:
@@ -796,6 +833,7 @@ class FhirClient:
                 location=raw.location,
                 last_modified=raw.last_modified,
                 retry_after=raw.retry_after,
+                headers=raw.headers,
             )
         is_outcome = isinstance(body, dict) and body.get("resourceType") == "OperationOutcome"
         outcome = body if is_outcome else None
@@ -1074,6 +1112,43 @@ class FhirClient:
                 f"FHIR {where}: incomplete: the server announced {total} resources and sent {len(resources)}",
             )
         return resources
+
+    def download(
+        self,
+        url: str,
+        dest: str | os.PathLike[str],
+        *,
+        authenticate: bool = True,
+        accept: str = "application/fhir+ndjson",
+    ) -> int:
+        """GET a file (e.g. a Bulk Data output file) into ``dest``, streamed (never held in memory), with the
+        retries of any GET; returns the bytes written. Written to ``<dest>.part`` and renamed when complete,
+        so a broken-off download never passes for a file.
+
+        ``authenticate`` True sends the access token (the manifest's ``requiresAccessToken`` is true): the
+        URL must then lie under ``base_url``, like every request, so the token never goes elsewhere. False
+        sends no Authorization header (pre-signed storage URLs refuse one) and accepts any http(s) URL,
+        redirects included. A 401 renews a renewable token once, as :meth:`request` does.
+        """
+        if authenticate:
+            full, relative = self._resolve(url)
+        else:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise FhirError(None, None, "refusing to download from a URL that is not http(s)")
+            full, relative = url, parts.path.lstrip("/")
+        what = f"FHIR GET {_path_shape(relative)} (download)"
+        target = Path(dest)
+        part = target.with_name(target.name + ".part")
+        headers = {**self._headers, "Accept": accept}
+        raw = self._call(
+            "GET", full, what, headers=headers, idempotent=True, authenticate=authenticate, sink=part
+        )
+        if not 200 <= raw.status < 300:
+            part.unlink(missing_ok=True)
+            self._fhir_response(raw, what)  # raises the typed error, with the OperationOutcome
+        os.replace(part, target)
+        return raw.written
 
     def create(self, resource: Mapping[str, Any], if_none_exist: str | Params | None = None) -> FhirResponse:
         """POST [base]/Type. With ``if_none_exist`` (search criteria without '?') a server that finds one

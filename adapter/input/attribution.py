@@ -72,5 +72,10 @@ def attribute_broken(records: Sequence[PatientRecord], broken: Iterable[BrokenLi
             whose = ", ".join(patient_tag(record.ref) for record in owners)
             out.notes.append(f"{line.origin}: {line.fault}; input-integrity is unknown for {whose}")
         else:
-            out.orphans.append(f"{line.origin}: {line.fault}; ignored: its patient cannot be told")
+            out.orphans.append(orphan_note(line))
     return out
+
+
+def orphan_note(line: BrokenLine) -> str:
+    """The note for a broken line whose patient cannot be told (counted, reported; no patient data)."""
+    return f"{line.origin}: {line.fault}; ignored: its patient cannot be told"

@@ -175,6 +175,39 @@ def _read_ndjson(name: str, data: bytes, batch: InputBatch, in_directory: bool) 
     batch.broken.extend(broken)
 
 
+def read_ndjson_line(line: bytes, origin: str, batch: InputBatch) -> bool:
+    """Read one Bulk Data NDJSON line (``origin`` is ``file:line``) into ``batch``, as a directory's
+    NDJSON file is read: a resource (or a Bundle's entries), an ignored type counted, or a
+    :class:`BrokenLine` (never its content). True when the line was a FHIR resource; blank lines
+    are nothing (False, nothing added). Population screening reads one patient's lines with it."""
+    if not line.strip():
+        return False
+    one = InputBatch()
+    try:
+        _take(parse_json_bytes(line, origin), origin, None, one)
+    except InputError as exc:
+        batch.broken.append(_broken(origin, exc.fault, line))
+        return False
+    batch.resources.extend(one.resources)
+    batch.ignored.update(one.ignored)
+    return True
+
+
+def unreadable_line(line: bytes, origin: str) -> BrokenLine | None:
+    """The :class:`BrokenLine` for one non-blank NDJSON line that cannot be read as FHIR R4 (not JSON, not a
+    resource, an unknown type, an unreadable Bundle), or None when it can. Nothing of it is kept."""
+    try:
+        _take(parse_json_bytes(line, origin), origin, None, InputBatch())
+    except InputError as exc:
+        return _broken(origin, exc.fault, line)
+    return None
+
+
+def not_a_resource(value: Any) -> str | None:
+    """Why a parsed JSON value is not a FHIR R4 resource at all, or None when it is one."""
+    return _not_a_resource(value)
+
+
 def _not_a_resource(value: Any) -> str | None:
     """Why a parsed JSON value is not a FHIR R4 resource at all, or None when it is one."""
     if not isinstance(value, dict):

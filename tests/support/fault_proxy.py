@@ -50,6 +50,8 @@ Faults (``Fault.*``; each is a frozen dataclass):
   for ``seconds`` (longer than the client's read timeout), then close it. ``forward=True`` forwards first,
   as for ``reset``.
 - ``Fault.delay(seconds)``: forward, then answer normally after ``seconds`` (a slow server).
+- ``Fault.cut()``: forward, then send the status, the headers (with the full Content-Length) and half the
+  body, and reset the connection (a download broken off mid-way).
 - ``Fault.rewrite(fn)``: forward, then replace the answer with ``fn(status, headers, body) -> (status,
   headers, body)`` (``headers`` a ``dict[str, str]``, ``body`` bytes; Content-Length is recomputed).
 - ``Fault.rewrite_json(fn)``: forward, then ``fn(parsed_json) -> new_json`` on the answer's body (the
@@ -104,7 +106,7 @@ __all__ = ["Fault", "FaultProxy", "Match", "Rule", "Seen", "on"]
 
 Match = Callable[[str, str], bool]
 Rewrite = Callable[[int, dict[str, str], bytes], tuple[int, dict[str, str], bytes]]
-FaultKind = Literal["status", "reset", "hold", "delay", "rewrite"]
+FaultKind = Literal["status", "reset", "hold", "delay", "rewrite", "cut"]
 
 _HOP_BY_HOP = {
     "connection",
@@ -195,6 +197,12 @@ class Fault:
     def hold(cls, seconds: float = 10.0, *, forward: bool = False) -> Fault:
         """Hold the connection unanswered for ``seconds``, then close it (a read timeout for the client)."""
         return cls("hold", seconds=seconds, forward=forward)
+
+    @classmethod
+    def cut(cls) -> Fault:
+        """Forward, then send the answer's status, headers (the full Content-Length) and half its body, and
+        close the connection: a body broken off mid-way (a download that breaks)."""
+        return cls("cut", forward=True)
 
     @classmethod
     def delay(cls, seconds: float) -> Fault:
@@ -345,6 +353,10 @@ class _Handler(BaseHTTPRequestHandler):
             assert answer is not None
             proxy._stopping.wait(fault.seconds)
             self._send(answer)
+        elif fault.kind == "cut":
+            assert answer is not None
+            self._send(answer, cut=True)
+            self._reset()
         elif fault.kind == "rewrite":
             assert answer is not None and fault.rewrite_fn is not None
             status, headers, new_body = fault.rewrite_fn(answer.status, dict(answer.headers), answer.body)
@@ -356,7 +368,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.connection.close()
 
-    def _send(self, answer: _Answer) -> None:
+    def _send(self, answer: _Answer, cut: bool = False) -> None:
         self.send_response(answer.status, answer.reason)
         for name, value in answer.headers.items():
             if name.lower() not in _NOT_FROM_UPSTREAM:
@@ -367,7 +379,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(answer.body)
+            self.wfile.write(answer.body[: len(answer.body) // 2] if cut else answer.body)
         self.wfile.flush()
 
 
