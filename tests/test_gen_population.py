@@ -13,7 +13,7 @@ import orjson
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
-from bench.gen_population import SCENARIOS, TYPES, Summary, generate
+from bench.gen_population import DEFAULT_AS_OF, SCENARIOS, TYPES, Summary, generate
 
 
 def _lines(path: Path) -> list[bytes]:
@@ -117,3 +117,33 @@ def test_same_bytes_whatever_the_processes_gzip_and_split(tmp_path: Path) -> Non
     assert (tmp_path / "other" / "Patient.ndjson").read_bytes() != (
         tmp_path / "one" / "Patient.ndjson"
     ).read_bytes()
+
+
+@pytest.mark.parametrize("variant", ["nhs-ta514", "es-valtermed", "mdacc-low-dose", "fda-label"])
+def test_screen_equals_evaluate_on_the_generated_population(
+    export: tuple[Path, Summary], tmp_path: Path, variant: str
+) -> None:
+    """On a realistic export (noise, duplicates, odd units, broken lines, deletions, a log, a manifest) the
+    screen's evaluation of every candidate is ``evaluate DIR``'s, byte for byte, and the non-B-ALL patients
+    are not candidates."""
+    from adapter.api import evaluate_path
+    from adapter.screen.core import ScreenSetup
+    from adapter.screen.local import ScreenOptions, run_screen
+
+    out, summary = export
+    as_of = DEFAULT_AS_OF
+    report = run_screen(
+        ScreenOptions(out, tmp_path / "out", ScreenSetup(variant, as_of), workers=2, progress="none")
+    )
+    got = {
+        orjson.loads(row)["patient"]: row
+        for row in (tmp_path / "out" / "evaluations.ndjson").read_bytes().splitlines()
+    }
+    run = evaluate_path(out, variant, as_of, validate=False)
+    expected = {r["patient"]: orjson.dumps(r) for r in run.results}
+    assert len(got) >= 90 and report.report["candidates"] == len(got)
+    assert {f"Patient/{pid}" for pid in summary.ball} <= set(got)  # every B-ALL patient is a candidate
+    for patient, row in got.items():
+        assert row == expected[patient], patient
+    statuses = Counter(orjson.loads(row)["eligibility"]["status"] for row in got.values())
+    assert statuses["eligible"] and statuses["ineligible"] + statuses["insufficient-data"]  # not all one way

@@ -127,11 +127,9 @@ def _run_engine(
     options: ScreenOptions, engine: str, master: str | None, say: Callable[[str], None]
 ) -> ScreenReport:
     if engine == "spark":
-        import importlib
+        from adapter.screen.spark import run_spark  # imports pyspark: only when the engine runs
 
-        spark = importlib.import_module("adapter.screen.spark")  # written with the Spark engine
-        result: ScreenReport = spark.run_spark(options, master=master, say=say)
-        return result
+        return run_spark(options, master=master, say=say)
     return run_screen(options, say=say)
 
 
