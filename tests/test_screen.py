@@ -40,6 +40,7 @@ from adapter.screen.local import (
 )
 from cli import main
 from tests.support.bulk_export import lines_by_type, small_population, write_export
+from tests.support.fault_proxy import Fault, FaultProxy, on
 from tests.support.fhir_server import SekmetServer
 from tests.support.population import seed, treatment_patient
 from tests.support.sync_helpers import token_file
@@ -634,3 +635,42 @@ def test_export_files_without_access_token_are_fetched_without_it(
     assert all(auth == "Bearer secret-token" for _, path, auth in handler.seen if path.startswith("/fhir/"))
     assert ("DELETE", "/fhir/status/1", "Bearer secret-token") in handler.seen
     assert list(evaluations(out)) == ["Patient/z1"]
+
+
+def test_export_through_faults(
+    fhir_server: SekmetServer, fhir_client: FhirClient, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """The real server behind the fault proxy: a 503 with Retry-After on the kick-off, a lost answer while
+    polling, a download broken off mid-way and a 429 on another file are all retried; the screen equals
+    ``evaluate`` of the downloaded export and no partial file is left."""
+    sfx = uuid.uuid4().hex[:8]
+    records = {f"fx{i}-{sfx}": treatment_patient(f"fx{i}-{sfx}", TODAY, i) for i in range(2)}
+    group = {
+        "resourceType": "Group",
+        "id": f"gf-{sfx}",
+        "type": "person",
+        "actual": True,
+        "member": [{"entity": {"reference": f"Patient/{pid}"}} for pid in records],
+    }
+    seed(fhir_client, [*(r for rs in records.values() for r in rs), group])
+    fault_proxy.inject(on("GET", r"/\$export"), Fault.status(503, retry_after="1"), times=1)
+    fault_proxy.inject(on("GET", r"/bulk-status/"), Fault.reset(), times=1)
+    fault_proxy.inject(on("GET", r"/bulk-files/.*/Observation"), Fault.cut(), times=1)
+    fault_proxy.inject(on("GET", r"/bulk-files/.*/Condition"), Fault.status(429, retry_after="0"), times=1)
+    out = tmp_path / "out"
+    args = [
+        "screen", "--server", fault_proxy.base_url, "--export", "--group", f"gf-{sfx}", "-p", "nhs-ta514",
+        "--as-of", TODAY.isoformat(), "--out", str(out), "--auth", "bearer",
+        "--token-file", str(token_file(tmp_path, fhir_server.token)), "--workers", "1", "--progress", "none",
+    ]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert fault_proxy.pending() == 0  # every fault was met, and survived
+    files = [s for s in fault_proxy.seen if "/bulk-files/" in s.path]
+    assert [s.fault for s in files if "Observation" in s.path] == ["cut", None]
+    assert [s.fault for s in files if "Condition" in s.path] == ["status", None]
+    got = evaluations(out)
+    assert set(got) == {f"Patient/{pid}" for pid in records}
+    expected = evaluate_dir(out / "export", "nhs-ta514")
+    assert all(row == expected[p] for p, row in got.items())
+    assert not list((out / "export").rglob("*.part"))
