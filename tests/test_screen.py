@@ -674,3 +674,21 @@ def test_export_through_faults(
     expected = evaluate_dir(out / "export", "nhs-ta514")
     assert all(row == expected[p] for p, row in got.items())
     assert not list((out / "export").rglob("*.part"))
+
+
+def test_counts_duplicate_patients_and_files_that_are_not_data(
+    lines: dict[str, list[bytes]], tmp_path: Path
+) -> None:
+    """A candidate's Patient exported twice is not a non-candidate; a README or checksum file in the export
+    is listed as skipped (never read, never fatal)."""
+    lines = {t: list(rows) for t, rows in lines.items()}
+    tx = next(r for r in lines["Patient"] if b'"id":"tx00-s"' in r)
+    lines["Patient"].append(tx)
+    export = write_export(tmp_path / "export", lines, manifest=False)
+    (export / "README.txt").write_text("exported by the test\n")
+    (export / "Observation.ndjson.sha256").write_text("0" * 64 + "\n")
+    r = screen(export, tmp_path / "out").report
+    assert r["patients"] == len(lines["Patient"])  # Patient resources, the duplicate included
+    assert r["non_candidates"] == len(lines["Patient"]) - 1 - r["evaluated"]
+    skipped = {s["file"]: s["why"] for s in r["skipped_files"]}
+    assert skipped["README.txt"] == skipped["Observation.ndjson.sha256"] == "not an NDJSON or JSON file"

@@ -156,6 +156,14 @@ def patient_id_of_line(line: bytes) -> str | None:
 _RELATIVE_PATIENT_BYTES = re.compile(rb"Patient/[A-Za-z0-9\-.]{1,64}")
 
 
+def counts_as_patient(line: bytes, file_type: str | None) -> bool:
+    """Whether a non-blank line counts as a Patient resource of the export (the report's ``patients``):
+    every line of a Patient file (a broken one too), a Patient line of a file of mixed types."""
+    if file_type == "Patient":
+        return True
+    return file_type is None and patient_id_of_line(line) is not None
+
+
 def subject_keys(line: bytes) -> tuple[bytes, ...]:
     """:func:`subjects_of` as bytes (``b"Patient/<id>"``): the engines' per-line routing key, no decoding."""
     m = _PATIENT_HEAD.match(line)
@@ -371,6 +379,8 @@ class GroupResult:
     #: resources read / lines broken for this patient (for the run report)
     resources: int = 0
     broken: int = 0
+    #: the patient's own Patient lines (a Patient exported twice counts twice, as in ``patients``)
+    patient_lines: int = 0
 
     @property
     def status(self) -> str:
@@ -405,11 +415,18 @@ def evaluate_group(patient_ref: str, lines: Iterable[Line], setup: ScreenSetup, 
     record = next((r for r in records.records if r.ref == patient_ref), None)
     tag = patient_tag(patient_ref)
     problems = [n for n in notes if tag in n]
+    pid = patient_ref.removeprefix("Patient/")
+    own = sum(
+        1
+        for r in batch.resources
+        if r.resource.get("resourceType") == "Patient" and r.resource.get("id") == pid
+    )
+    own += sum(1 for b in batch.broken if b.patient_id == pid)  # its own Patient lines, read or broken
     if record is None:
         problems.append(
             f"{tag}: no Patient resource among its {len(batch.resources) + broken} line(s); not evaluated"
         )
-        return GroupResult(patient_ref, b"", {}, {}, problems, len(batch.resources), broken)
+        return GroupResult(patient_ref, b"", {}, {}, problems, len(batch.resources), broken, own)
     evaluation = evaluate_record(record, loaded)
     existing = existing_from_resources(r.resource for r in batch.resources)
     outcome = plan_write_back(evaluation, loaded.settings, now, None, existing)
@@ -421,6 +438,7 @@ def evaluate_group(patient_ref: str, lines: Iterable[Line], setup: ScreenSetup, 
         problems,
         len(batch.resources),
         broken,
+        own,
     )
 
 

@@ -171,6 +171,8 @@ def scan_export(root: Path, exclude: tuple[Path, ...] = ()) -> Export:
         suffix, _gz = _suffixes(path)
         if suffix:
             candidates.append(path)
+        else:  # a README, a checksum file, an editor's backup: listed, never read
+            export.skipped.append((path.relative_to(root).as_posix(), "not an NDJSON or JSON file"))
     manifests: list[tuple[Path, dict[str, Any]]] = []
     data: list[Path] = []
     for path in candidates:

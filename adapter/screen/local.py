@@ -62,6 +62,7 @@ from adapter.screen.core import (
     ScreenSetup,
     candidate_codes,
     candidate_of_parsed,
+    counts_as_patient,
     evaluate_group,
     inotuzumab_medication,
     medication_refs_of,
@@ -375,7 +376,8 @@ class _Router:
         self.buffers: dict[int, list[bytes]] = defaultdict(list)
         self.buffered = 0
         self.segments: list[str] = []
-        self.lines = self.blank = self.kept = self.unattributed = self.dropped = 0
+        self.lines = self.blank = self.kept = self.unattributed = self.dropped = self.patients = 0
+        self.file_type = task.file.rtype
         #: unreadable lines whose patient cannot be told (reported, as ``evaluate DIR`` does): [line, fault]
         self.orphans: list[list[Any]] = []
 
@@ -394,6 +396,7 @@ class _Router:
             "kept": self.kept,
             "unattributed": self.unattributed,
             "orphans": self.orphans,
+            "patients": self.patients,
             "deleted": self.dropped,
             "rss": _rss_mb(),
         }
@@ -489,6 +492,8 @@ class _Router:
         if not line.strip():
             self.blank += 1
             return
+        if counts_as_patient(line, self.file_type):
+            self.patients += 1
         keys = subject_keys(line)
         if not keys:
             self.unattributed += 1
@@ -579,6 +584,7 @@ def reduce_task(task: ReduceTask) -> dict[str, Any]:
             lines = [(units.names[u], units.offsets[u] + n, line) for u, n, line in sorted(own)]
             result = evaluate_group(ref, lines, setup, now)
             counts["broken"] += result.broken
+            counts["patient_lines"] += result.patient_lines
             counts["problems"] += len(result.problems)
             if result.evaluation_json:
                 counts["evaluated"] += 1
@@ -603,6 +609,7 @@ def reduce_task(task: ReduceTask) -> dict[str, Any]:
         "evaluated": counts["evaluated"],
         "not_evaluated": counts["not_evaluated"],
         "broken": counts["broken"],
+        "patient_lines": counts["patient_lines"],
         "problems": counts["problems"],
         "status": dict(status),
         "actions": dict(actions),
@@ -964,8 +971,7 @@ def _run(
         counted.candidate_lines += done["kept"]
         counted.unattributed += done["unattributed"]
         counted.deleted += done["deleted"]
-        if rtype == "Patient":
-            counted.patients += done["resources"]
+        counted.patients += done["patients"]
     routed_files = {u.file for u in route_units} | {u.file for u in med_units}
     report = build_report(
         options, export, data_files, routed_files, counted, orphans, reduced, merged, partitions, candidates,

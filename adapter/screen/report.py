@@ -120,7 +120,8 @@ def build_report(
         "candidates": candidates if candidates is not None else evaluated,
         "evaluated": evaluated,
         "not_evaluated": sum(r["not_evaluated"] for r in reduced),
-        "non_candidates": max(0, lines.patients - evaluated),
+        # Patient resources of the patients not evaluated (a duplicate Patient line is not a second person)
+        "non_candidates": max(0, lines.patients - sum(r.get("patient_lines", 0) for r in reduced)),
         "eligibility": dict(sorted(status.items())),
         "actions": dict(sorted(actions.items())),
         "writeback": dict(sorted(writeback.items())),

@@ -71,6 +71,7 @@ from adapter.screen.core import (
     ScreenSetup,
     candidate_codes,
     candidate_of_parsed,
+    counts_as_patient,
     evaluate_group,
     inotuzumab_medication,
     medication_refs_of,
@@ -327,24 +328,27 @@ class _CandidateScan:
 class _Route:
     """Pass 2 on a partition (as local._Router's per-line path): ("R", patient, file, split, n, line) per
     candidate's line, ("O", file, split, n, fault) per unreadable line whose patient cannot be told,
-    ("C", file, split, lines, blank, kept, unattributed, deleted) per split."""
+    ("C", file, split, lines, blank, kept, unattributed, deleted, patients) per split."""
 
     candidates: Any  # Broadcast[frozenset[bytes]] or None (--all-patients)
     deleted: Any  # Broadcast[frozenset[str]]
+    types: dict[int, str | None]  # file index -> its resource type (None: mixed)
 
     def __call__(self, rows: Iterable[Row]) -> Iterator[tuple[Any, ...]]:
         candidates: frozenset[bytes] | None = self.candidates.value if self.candidates is not None else None
         deleted: frozenset[str] = self.deleted.value
-        blank = kept = unattributed = dropped = 0
+        blank = kept = unattributed = dropped = patients = 0
         for f, start, n, line, last in _numbered(rows):
             if not line.strip():
                 blank += 1
-            elif not (keys := subject_keys(line)):
-                unattributed += 1
-                broken = unreadable_line(line, "")
-                if broken is not None:  # reported, as local._Router.generic does
-                    yield ("O", f, start, n, broken.fault)
             else:
+                patients += counts_as_patient(line, self.types[f])
+                keys = subject_keys(line)
+                if not keys:
+                    unattributed += 1
+                    broken = unreadable_line(line, "")
+                    if broken is not None:  # reported, as local._Router.generic does
+                        yield ("O", f, start, n, broken.fault)
                 for key in dict.fromkeys(keys):
                     if candidates is not None and key not in candidates:
                         continue
@@ -356,8 +360,8 @@ class _Route:
                     kept += 1
                     yield ("R", key, f, start, n, line)
             if last:
-                yield ("C", f, start, n, blank, kept, unattributed, dropped)
-                blank = kept = unattributed = dropped = 0
+                yield ("C", f, start, n, blank, kept, unattributed, dropped, patients)
+                blank = kept = unattributed = dropped = patients = 0
 
 
 # -- evaluation --------------------------------------------------------------------------------------
@@ -392,6 +396,7 @@ class _Evaluate:
                 lines.append((self.names[f], lineno, line))
             result = evaluate_group(key.decode(), lines, self.setup, self.now)
             counts["broken"] += result.broken
+            counts["patient_lines"] += result.patient_lines
             if result.evaluation_json:
                 counts["evaluated"] += 1
                 status[result.status] += 1
@@ -408,6 +413,7 @@ class _Evaluate:
             "evaluated": counts["evaluated"],
             "not_evaluated": counts["not_evaluated"],
             "broken": counts["broken"],
+            "patient_lines": counts["patient_lines"],
             "status": dict(status),
             "actions": dict(actions),
             "writeback": dict(writeback),
@@ -645,14 +651,18 @@ def _job(
 
     # pass 2: route the candidates' lines (counts per split for the line numbers and the report)
     t = time.monotonic()
-    routed = read_lines(spark, route_files).mapPartitions(_Route(candidates_b, deleted_b)).persist(keep)
+    routed = (
+        read_lines(spark, route_files)
+        .mapPartitions(_Route(candidates_b, deleted_b, {f.index: f.rtype for f in route_files}))
+        .persist(keep)
+    )
     persisted.append(routed)
     small = routed.filter(lambda r: r[0] in ("C", "O")).collect()
     route_counts = [r for r in small if r[0] == "C"]
     _check_read(route_files, [(r[1], r[2], r[3]) for r in route_counts], "pass 2 (routing)")
     tally = LineCounts(medications=medication_refs, parsed_in_pass1=parsed)
     lines_read = 0
-    for _tag, f, _start, lines_n, blank, kept, unattributed, dropped in route_counts:
+    for _tag, f, _start, lines_n, blank, kept, unattributed, dropped, patients in route_counts:
         rtype = files_by_index[f].rtype
         lines_read += lines_n
         tally.resources += lines_n - blank
@@ -660,8 +670,7 @@ def _job(
         tally.unattributed += unattributed
         tally.deleted += dropped
         tally.by_type[rtype or "(mixed)"] += lines_n - blank
-        if rtype == "Patient":
-            tally.patients += lines_n - blank
+        tally.patients += patients
     line_offsets = _offsets((r[1], r[2], r[3]) for r in route_counts)
     orphans = orphans_in_order(
         (f, line_offsets[(f, start)] + n, files_by_index[f].name, fault)
