@@ -71,6 +71,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `tests` (the B-ALL builders) is not an installed package
     sys.path.insert(0, str(ROOT))
 
+from tests.support.population import SCENARIOS as TREATMENT_SCENARIOS  # noqa: E402
 from tests.support.synth import (  # noqa: E402
     ATC,
     ICD10,
@@ -83,7 +84,7 @@ from tests.support.synth import (  # noqa: E402
     PatientBuilder,
     full_workup,
 )
-from tests.support.treatment import C1_MG, dosing_patient, give, pre_dose_labs  # noqa: E402
+from tests.support.treatment import dosing_patient, give, pre_dose_labs  # noqa: E402
 
 Json = dict[str, Any]
 
@@ -1161,17 +1162,9 @@ def _treated(index: int, order: bool) -> Builder:
     return build
 
 
-#: (label, days since cycle 1 day 1, doses (offset, mg), pre-dose lab overrides): like
-#: tests/support/population.py's scenarios.
-TREATMENT: Final[list[tuple[str, int, list[tuple[int, float]], dict[str, float]]]] = [
-    ("c1d1-due", 0, [], {}),
-    ("c1d8-due", 7, [(0, C1_MG[0])], {}),
-    ("c1d15-due", 14, [(0, C1_MG[0]), (7, C1_MG[1])], {}),
-    ("c2d1-due", 21, [(0, C1_MG[0]), (7, C1_MG[1]), (14, C1_MG[2])], {}),
-    ("c1d8-not-yet", 3, [(0, C1_MG[0])], {}),
-    ("c1d8-low-platelets", 7, [(0, C1_MG[0])], {"plt": 20, "anc": 0.4}),
-    ("c1d8-high-bilirubin", 7, [(0, C1_MG[0])], {"bili": 60}),
-]
+#: (label, days since cycle 1 day 1, doses (offset, mg), pre-dose lab overrides): the scenarios of the
+#: tests' populations (tests/support/population.py).
+TREATMENT: Final = TREATMENT_SCENARIOS
 
 #: (label, weight, builder): what a B-ALL patient's protocol record is.
 SCENARIOS: Final[list[tuple[str, float, Builder]]] = [
