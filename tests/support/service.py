@@ -171,7 +171,8 @@ def start_service(
     timeout: float = 30.0,
 ) -> ServiceProcess:
     """Start ``ino-adapter serve`` with ``config`` (written to ``workdir/service.yaml``); ready when /health
-    answers."""
+    answers and, with ``workers``, when every worker process has logged that it started (a loaded machine
+    starts them one after the other)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = {"host": "127.0.0.1", "port": free_port(), **config}
     config.setdefault("base_url", f"http://127.0.0.1:{config['port']}")
@@ -192,7 +193,9 @@ def start_service(
             raise RuntimeError(f"the service exited with {proc.returncode}:\n{svc.log_text()[-3000:]}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(svc.url + "/health", timeout=1.0).status_code == 200:
-                return svc
+                started = {e.get("pid") for e in svc.events("worker started")}
+                if workers is None or len(started) >= workers:
+                    return svc
         if time.monotonic() > deadline:
             svc.stop()
             raise RuntimeError(f"the service did not start within {timeout} s:\n{svc.log_text()[-3000:]}")
