@@ -375,6 +375,11 @@ def test_the_fast_routing_path_agrees_with_the_per_line_scan(tmp_path: Path) -> 
         b'{"resourceType":"Observation","id":"7","subject":{"reference":"Patient/b"}',
         b'{"resourceType":"Patient","id":"b"}',
         b"not json",
+        # cut inside a reference: the fast path must not read the next line's bytes as its end
+        b'{"resourceType":"Observation","id":"8","subject":{"reference":"Patient/',
+        b'{"resourceType":"Observation","id":"9","subject":{"reference":"Patient/a"},"performer":[{"re',
+        b'{"resourceType":"AllergyIntolerance","id":"10","patient":{"reference":"Patient/c"},"x":{"patient":{"reference":"Pa',
+        b'{"resourceType":"Observation","id":"11","subject":{"reference":"Patient/a',
     ]
     spaced = [*rows, b'{"resourceType":"Observation", "subject" : {"reference":"Patient/a"}}']
     for name, content in (("compact", rows), ("spaced", spaced)):

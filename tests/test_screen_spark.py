@@ -130,6 +130,8 @@ def write_export(root: Path) -> dict[str, Any]:
     victim = next(line for line in obs if b'"Patient/tx04-sp"' in line)
     obs.insert(len(obs) // 3, victim[: victim.index(b'"Patient/tx04-sp"') + 20])
     obs.insert(len(obs) // 2 + 3, b'{"resourceType":"Observation","id":"who-sp","status":"fin')
+    # and one cut inside its subject reference (its patient cannot be told either)
+    obs.insert(len(obs) // 2 + 9, victim[: victim.index(b'"Patient/tx04-sp"') + len(b'"Patient/')])
     unknown = orjson.loads(victim)
     unknown["resourceType"] = "XObservation"
     unknown["subject"] = {"reference": "Patient/tx05-sp"}
@@ -211,8 +213,8 @@ def test_spark_gives_the_local_engines_bytes(
     assert report == orjson.loads(local_out["report.json"])
     assert report["patients"] == facts["patients"]
     assert report["evaluated"] >= 10
-    assert report["broken_lines"] == 3 and report["lines"]["unreadable_unattributed"] == 1
-    assert sum("ignored: its patient cannot be told" in p for p in report["problems"]) == 1
+    assert report["broken_lines"] == 4 and report["lines"]["unreadable_unattributed"] == 2
+    assert sum("ignored: its patient cannot be told" in p for p in report["problems"]) == 2
     assert report["lines"]["deleted"] == 1
     assert {s["file"] for s in report["skipped_files"]} >= {"generator.json", "log.ndjson"}
     problems = " ".join(report["problems"])

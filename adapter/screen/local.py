@@ -449,6 +449,7 @@ class _Router:
         index = -1  # the index in the block of the current hit's line
         end = -1  # the position of its line feed (size when it has none)
         line_start = 0
+        hit_line = -1  # the index of the line of the previous hit
         for start in starts:
             if start > end:  # the hit is on a later line
                 following = find(b"\n", end + 1)
@@ -465,7 +466,15 @@ class _Router:
                     end = find(b"\n", start)
                     if end < 0:
                         end = size
-            ref = block[start : find(b'"', start)]
+            close = find(b'"', start)
+            seen_line, hit_line = hit_line, index
+            if close < 0 or close > end:
+                # the reference is cut off with its line (a broken line): read that line as the per-line path
+                # does (an earlier complete reference on it has routed it already)
+                if seen_line != index:
+                    self.generic(before + index + 1, block[line_start:end])
+                continue
+            ref = block[start:close]
             if cands is not None and ref in cands:
                 key: bytes | None = ref
             elif cands is not None and ref.startswith(b"Patient/") and b"\\" not in ref:
