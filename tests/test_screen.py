@@ -380,11 +380,18 @@ def test_the_fast_routing_path_agrees_with_the_per_line_scan(tmp_path: Path) -> 
         b'{"resourceType":"Observation","id":"9","subject":{"reference":"Patient/a"},"performer":[{"re',
         b'{"resourceType":"AllergyIntolerance","id":"10","patient":{"reference":"Patient/c"},"x":{"patient":{"reference":"Pa',
         b'{"resourceType":"Observation","id":"11","subject":{"reference":"Patient/a',
+        # references that are not plain: versioned, empty, to a Group, escaped
+        b'{"resourceType":"Observation","id":"12","subject":{"reference":"Patient/a/_history/2"}}',
+        b'{"resourceType":"Observation","id":"13","subject":{"reference":""}}',
+        b'{"resourceType":"Observation","id":"14","subject":{"reference":"Group/g"}}',
+        b'{"resourceType":"Observation","id":"15","subject":{"reference":"Patient\\/c"}}',
+        b'{"resourceType":"Observation","id":"16","subject":{"reference":"',  # cut right after the key
     ]
     spaced = [*rows, b'{"resourceType":"Observation", "subject" : {"reference":"Patient/a"}}']
-    for name, content in (("compact", rows), ("spaced", spaced)):
+    for name, content in (("compact", rows), ("spaced", spaced), ("unterminated", rows)):
         path = tmp_path / f"{name}.ndjson"
-        path.write_bytes(b"\n".join(content * 50) + b"\n")
+        # "unterminated": the file ends inside a reference, without a line feed
+        path.write_bytes(b"\n".join(content * 50) + (b"" if name == "unterminated" else b"\n"))
         export = scan_export(tmp_path)
         file = next(f for f in export.files if f.path == path)
         for candidates in (None, [b"Patient/a", b"Patient/c"]):
@@ -394,16 +401,18 @@ def test_the_fast_routing_path_agrees_with_the_per_line_scan(tmp_path: Path) -> 
                 (work / "spill").mkdir(parents=True)
                 (work / "deleted.txt").write_bytes(b"")
                 (work / "candidates.bin").write_bytes(b"\n".join(candidates or []))
-                router = _Router(
-                    RouteTask(file, export.units([file], 700)[0], str(work), 4, candidates is None)
-                )
-                if not fast:
-                    router.fast = lambda block: False  # type: ignore[method-assign]
-                stats = router.run()
+                units = export.units([file], 700)  # every range of the file, each routed on its own
+                assert len(units) > 10
+                stats = []
+                for unit in units:
+                    router = _Router(RouteTask(file, unit, str(work), 4, candidates is None))
+                    if not fast:
+                        router.fast = lambda block: False  # type: ignore[method-assign]
+                    stats.append({k: v for k, v in router.run().items() if k != "rss"})
                 spilled = sorted(
                     b"".join(p.read_bytes() for p in (work / "spill").glob("*.seg")).splitlines()
                 )
-                records.append((spilled, {k: v for k, v in stats.items() if k != "rss"}))
+                records.append((spilled, stats))
             assert records[0] == records[1], (name, candidates)
             assert records[0][0]
 

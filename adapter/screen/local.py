@@ -66,7 +66,6 @@ from adapter.screen.core import (
     evaluate_group,
     inotuzumab_medication,
     medication_refs_of,
-    patient_reference,
     subject_keys,
 )
 from adapter.screen.export import (
@@ -401,19 +400,6 @@ class _Router:
             "rss": _rss_mb(),
         }
 
-    def key_of(self, ref: bytes) -> bytes | None:
-        """The routing key of a reference as written, when its patient is a candidate."""
-        if self.candidates is not None and ref in self.candidates:
-            return ref
-        if not _RELATIVE_PATIENT.fullmatch(ref):
-            text = patient_reference(ref)
-            if text is None:
-                return None
-            ref = text.encode()
-        if self.candidates is None or ref in self.candidates:
-            return ref
-        return None
-
     @staticmethod
     def compact_references(block: bytes) -> list[int] | None:
         """Where the references start after every ``"subject"``/``"patient"`` key of the block, when each is
@@ -438,51 +424,53 @@ class _Router:
         return starts
 
     def fast(self, block: bytes) -> bool:
-        """The fast path over one block (False, nothing done: take the per-line path)."""
+        """The fast path over one block (False, nothing done: take the per-line path).
+
+        A line whose references are all plain (``Patient/<id>``, complete within the line) is routed by them
+        without splitting the block; any other line with a reference (absolute, versioned, escaped, or cut
+        off with its line) and the lines without one go through :meth:`generic`, the per-line path. Both
+        paths route and count every line alike (tests/test_screen.py)."""
         starts = self.compact_references(block)
         if starts is None:
             return False
         before = self.lines  # lines of the unit before this block
         self.lines += block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
-        find, cands = block.find, self.candidates
-        size = len(block)
-        index = -1  # the index in the block of the current hit's line
+        find, cands, plain = block.find, self.candidates, _RELATIVE_PATIENT.fullmatch
+        size, count = len(block), len(starts)
+        index = -1  # the index in the block of the current line
         end = -1  # the position of its line feed (size when it has none)
-        line_start = 0
-        hit_line = -1  # the index of the line of the previous hit
-        for start in starts:
-            if start > end:  # the hit is on a later line
-                following = find(b"\n", end + 1)
-                if following < 0:
-                    following = size
-                if start < following:  # the next line
-                    line_start, end = end + 1, following
-                    index += 1
-                else:  # lines without a reference come first
-                    line_start = block.rfind(b"\n", end + 1, start) + 1
-                    gap = block[end + 1 : line_start]
-                    self.gap(gap, before + index + 1)
-                    index += gap.count(b"\n") + 1
-                    end = find(b"\n", start)
-                    if end < 0:
-                        end = size
-            close = find(b'"', start)
-            seen_line, hit_line = hit_line, index
-            if close < 0 or close > end:
-                # the reference is cut off with its line (a broken line): read that line as the per-line path
-                # does (an earlier complete reference on it has routed it already)
-                if seen_line != index:
-                    self.generic(before + index + 1, block[line_start:end])
+        i = 0
+        while i < count:
+            start = starts[i]
+            previous = block.rfind(b"\n", end + 1, start)
+            line_start = previous + 1 if previous >= 0 else end + 1
+            if line_start > end + 1:  # lines without a reference come first
+                gap = block[end + 1 : line_start]
+                self.gap(gap, before + index + 1)
+                index += gap.count(b"\n")
+            index += 1
+            end = find(b"\n", start)
+            if end < 0:
+                end = size
+            keys: list[bytes] = []
+            simple = True
+            while i < count and starts[i] <= end:  # every reference on this line (one may end it)
+                at = starts[i]
+                i += 1
+                if simple:
+                    close = find(b'"', at, end)
+                    ref = block[at:close]
+                    if close < 0 or not plain(ref):
+                        simple = False
+                    elif ref not in keys:
+                        keys.append(ref)
+            lineno = before + index + 1
+            if not simple:
+                self.generic(lineno, block[line_start:end])
                 continue
-            ref = block[start:close]
-            if cands is not None and ref in cands:
-                key: bytes | None = ref
-            elif cands is not None and ref.startswith(b"Patient/") and b"\\" not in ref:
-                continue  # a plain reference to a patient who is not a candidate: the common case
-            else:
-                key = self.key_of(ref)
-            if key is not None:
-                self.take(key, before + index + 1, block[line_start:end])
+            for key in keys:
+                if cands is None or key in cands:
+                    self.take(key, lineno, block[line_start:end])
         if end + 1 < size:
             self.gap(block[end + 1 :], before + index + 1)
         return True
