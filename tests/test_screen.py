@@ -39,7 +39,7 @@ from adapter.screen.local import (
     run_screen,
 )
 from cli import main
-from tests.support.bulk_export import lines_by_type, small_population, write_export
+from tests.support.bulk_export import lines_by_type, same_run_report, small_population, write_export
 from tests.support.fault_proxy import Fault, FaultProxy, on
 from tests.support.fhir_server import SekmetServer
 from tests.support.population import seed, treatment_patient
@@ -82,6 +82,7 @@ def evaluate_dir(path: Path, variant: str, validate: bool = False) -> dict[str, 
 
 def outputs(out: Path) -> dict[str, bytes]:
     files = {name: (out / name).read_bytes() for name in OUTPUTS}
+    files["report.json"] = same_run_report(files["report.json"])
     for path in sorted((out / "writeback").glob("*.ndjson")):
         files[f"writeback/{path.name}"] = path.read_bytes()
     return files
@@ -105,6 +106,10 @@ def test_screen_equals_evaluate_for_the_candidates(
     r = report.report
     assert r["patients"] == len(expected) and r["non_candidates"] == len(expected) - 12
     assert sum(r["eligibility"].values()) == 12
+    # the run section: how long each stage took and the peak memory (the only part that varies)
+    run = orjson.loads((tmp_path / "out" / "report.json").read_bytes())["run"]
+    assert run["engine"] == "local" and run["timings_s"]["total"] >= run["timings_s"]["evaluate"] > 0
+    assert run["peak_rss_mb"]["main"] > 0
     assert {s["file"] for s in r["skipped_files"]} == {"generator.json", "manifest.json", "run-log.ndjson"}
     assert r["export"]["error_files"] == 1 and r["export"]["export_errors"] == 1
     # the summary table, as CSV and Parquet
@@ -170,7 +175,7 @@ def test_gzip_split_files_deletions_and_ranges(lines: dict[str, list[bytes]], tm
         assert r["export"]["deleted_files"] == 1 and r["export"]["deleted_resources"] == 1
         assert r["lines"]["deleted"] == 1
     assert outputs(tmp_path / "out-True") == outputs(tmp_path / "out-False") | {
-        "report.json": (tmp_path / "out-True" / "report.json").read_bytes()
+        "report.json": same_run_report((tmp_path / "out-True" / "report.json").read_bytes())
     }
 
 

@@ -26,6 +26,7 @@ from click.testing import CliRunner
 from adapter.screen.core import ScreenSetup
 from adapter.screen.export import scan_export
 from adapter.screen.local import ScreenOptions, run_screen
+from tests.support.bulk_export import same_run_report
 from tests.support.population import Resources, examples, healthy_patient, treatment_patient
 from tests.support.synth import ATC
 
@@ -175,11 +176,13 @@ def _setup(**kw: Any) -> ScreenSetup:
 
 
 def _outputs(out: Path) -> dict[str, bytes]:
-    return {
+    files = {
         p.relative_to(out).as_posix(): p.read_bytes()
         for p in sorted(out.rglob("*"))
         if p.is_file() and p.name not in NOT_COMPARED
     }
+    files["report.json"] = same_run_report(files["report.json"])  # all but the timings and memory
+    return files
 
 
 def _local(export_dir: Path, out: Path, setup: ScreenSetup) -> dict[str, bytes]:
@@ -226,6 +229,8 @@ def test_spark_gives_the_local_engines_bytes(
     assert by_ref["dose"]["treatment_started"] is True
     run_stats = orjson.loads((tmp_path / "spark" / "run-stats.json").read_bytes())
     assert run_stats["engine"] == "spark" and run_stats["master"].startswith("local")
+    run = orjson.loads((tmp_path / "spark" / "report.json").read_bytes())["run"]
+    assert run["engine"] == "spark" and run["timings_s"]["total"] > 0 and run["peak_rss_mb"]["driver"] > 0
     assert not (tmp_path / "spark" / ".screen-work").exists()
 
 

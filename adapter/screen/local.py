@@ -78,9 +78,9 @@ from adapter.screen.export import (
     type_and_id,
     unit_blocks,
 )
-from adapter.screen.output import MergeResult, merge_outputs, write_report
+from adapter.screen.output import MergeResult, merge_outputs
 from adapter.screen.progress import Progress, ProgressMode
-from adapter.screen.report import ExportCounts, LineCounts, build_report, orphans_in_order
+from adapter.screen.report import ExportCounts, LineCounts, build_report, finish_report, orphans_in_order
 
 #: The engine's version: part of the fingerprint, so a changed engine never reuses older work.
 ENGINE_VERSION = "screen-local-1"
@@ -783,7 +783,7 @@ def run_screen(options: ScreenOptions, say: Callable[[str], None] | None = None)
     stats["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     read = stats.get("bytes_read") or 0
     stats["throughput_mb_s"] = round(read / 1e6 / timings["total"], 1) if timings["total"] > 0 else None
-    _write_atomic(out_dir / "run-stats.json", orjson.dumps(stats, option=orjson.OPT_INDENT_2) + b"\n")
+    finish_report(out_dir, report, stats, "local")
     if not options.keep_work:
         shutil.rmtree(work, ignore_errors=True)
     return ScreenReport(report, stats)
@@ -974,7 +974,6 @@ def _run(
         options, export, data_files, routed_files, counted, orphans, reduced, merged, partitions, candidates,
         ExportCounts(len(deleted), unreadable_deleted, export_errors),
     )  # fmt: skip
-    write_report(options.out_dir / "report.json", report)
     stats: dict[str, Any] = {
         "workers": runner.workers,
         "partitions": partitions,

@@ -8,10 +8,11 @@ merge (a heap over the partition files: memory O(partitions)) writes, under ``--
 - ``writeback/<Type>.ndjson``: the write-back resources per type (ids set, references between them
   resolved; the software Device once), ready for ``$import`` or a transaction loader;
 - ``summary.csv`` and ``summary.parquet``: one row per evaluated patient (``SUMMARY_COLUMNS``);
-- ``report.json`` (written by the engine): the run's counts and problems.
+- ``report.json`` (written by the engine, adapter/screen/report.py): the run's counts and problems, and
+  its ``run`` section (timings, peak memory).
 
-Everything is written under a temporary name and renamed when complete; nothing holds a time stamp, so
-two runs on the same input write the same bytes.
+Everything is written under a temporary name and renamed when complete; nothing but the report's ``run``
+section and run-stats.json holds a time or a measure, so two runs on the same input write the same bytes.
 """
 
 from __future__ import annotations

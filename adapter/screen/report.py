@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from adapter.input.attribution import orphan_note
 from adapter.input.reader import BrokenLine
 from adapter.screen.export import Export, ExportFile
-from adapter.screen.output import MAX_PROBLEMS, MergeResult
+from adapter.screen.output import MAX_PROBLEMS, MergeResult, write_report
 
 if TYPE_CHECKING:
     from adapter.screen.local import ScreenOptions
@@ -131,6 +131,16 @@ def build_report(
         "problems": problems,
         "partitions": partitions,
         "outputs": merged.outputs,
-        # timings and peak memory differ from run to run: run-stats.json keeps them, so this file is the same
-        "timings_and_memory": "run-stats.json",
     }
+
+
+#: The part of report.json that differs from run to run (everything else is the same for the same input).
+RUN_SECTION = "run"
+
+
+def finish_report(out_dir: Path, report: dict[str, Any], stats: dict[str, Any], engine: str) -> None:
+    """Write ``report.json``: the report, then its ``run`` section (engine, timings, peak memory: they vary
+    from run to run), and ``run-stats.json`` (every figure of the run)."""
+    run = {"engine": engine, "timings_s": stats.get("timings_s"), "peak_rss_mb": stats.get("peak_rss_mb")}
+    write_report(out_dir / "report.json", {**report, RUN_SECTION: run})
+    write_report(out_dir / "run-stats.json", stats)

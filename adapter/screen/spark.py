@@ -37,8 +37,8 @@ How the job runs (docs/screen.md; the local engine's stages, each a Spark job):
    one partition's results (about 64 patients) and a line per partition during the merge, whatever the
    population: the outputs are byte for byte the local engine's, and need no shared file system.
 
-The run's report (report.json) is the local engine's, to the byte; run-stats.json says which engine ran
-(timings, master). A Spark run is not resumable (Spark retries failed tasks; a stopped driver starts
+The run's report (report.json) is the local engine's, to the byte but for its ``run`` section (engine,
+timings, the driver's peak memory); run-stats.json has the rest (master, Spark version). A Spark run is not resumable (Spark retries failed tasks; a stopped driver starts
 again). Nothing here schedules or talks to a cluster: Spark does (``--master`` or ``spark-submit``).
 """
 
@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import resource
 import shutil
 import sys
 import time
@@ -88,8 +89,8 @@ from adapter.screen.export import (
 )
 from adapter.screen.export import unit_lines as export_unit_lines
 from adapter.screen.local import ScreenOptions, ScreenReport, _work_lock, partition_count
-from adapter.screen.output import MergeResult, merge_outputs, write_report
-from adapter.screen.report import ExportCounts, LineCounts, build_report, orphans_in_order
+from adapter.screen.output import MergeResult, merge_outputs
+from adapter.screen.report import ExportCounts, LineCounts, build_report, finish_report, orphans_in_order
 
 if TYPE_CHECKING:
     from pyspark import RDD
@@ -571,9 +572,9 @@ def _run(
         shutil.rmtree(work_root, ignore_errors=True)  # a local run's resumable state is left alone
     timings["total"] = time.monotonic() - t0
     stats["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
-    tmp = out_dir / ".run-stats.json.tmp"
-    tmp.write_bytes(orjson.dumps(stats, option=orjson.OPT_INDENT_2) + b"\n")
-    os.replace(tmp, out_dir / "run-stats.json")
+    # the driver's own peak (the executors' memory is Spark's: its UI and metrics report it)
+    stats["peak_rss_mb"] = {"driver": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    finish_report(out_dir, report, stats, ENGINE)
     return ScreenReport(report, stats)
 
 
@@ -719,7 +720,6 @@ def _job(
         options, export, data_files, read_files, tally, orphans, reduced, merged, partitions, candidates,
         ExportCounts(len(deleted), unreadable_deleted, export_errors),
     )  # fmt: skip
-    write_report(options.out_dir / "report.json", report)
     stats: dict[str, Any] = {
         "engine": ENGINE,
         "partitions": partitions,

@@ -59,6 +59,15 @@ def lines_by_type(population: Mapping[str, Resources]) -> dict[str, list[bytes]]
     return dict(out)
 
 
+def same_run_report(data: bytes) -> bytes:
+    """report.json without its ``run`` section (timings, memory: they vary from run to run), as bytes
+    that two runs on the same input must share."""
+    report = orjson.loads(data)
+    assert set(report["run"]) == {"engine", "timings_s", "peak_rss_mb"}
+    del report["run"]
+    return orjson.dumps(report, option=orjson.OPT_INDENT_2)
+
+
 def write_export(
     root: Path,
     lines: Mapping[str, list[bytes]],
