@@ -38,8 +38,9 @@ How the job runs (docs/screen.md; the local engine's stages, each a Spark job):
    population: the outputs are byte for byte the local engine's, and need no shared file system.
 
 The run's report (report.json) is the local engine's, to the byte but for its ``run`` section (engine,
-timings, the driver's peak memory); run-stats.json has the rest (master, Spark version). A Spark run is not resumable (Spark retries failed tasks; a stopped driver starts
-again). Nothing here schedules or talks to a cluster: Spark does (``--master`` or ``spark-submit``).
+timings, the driver's peak memory); run-stats.json has the rest (master, Spark version). A Spark run is not
+resumable (Spark retries failed tasks; a stopped driver starts again). Nothing here schedules or talks to a
+cluster: Spark does (``--master`` or ``spark-submit``).
 """
 
 from __future__ import annotations
