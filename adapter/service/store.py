@@ -13,17 +13,17 @@ FHIR server's, and is never logged.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import orjson
+
+from adapter.service.sqlite import ThreadLocalSqlite
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,32 +175,12 @@ class SqliteState:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._local = threading.local()
-        self._conn().executescript(_SCHEMA)
-
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
-        return conn
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        self.db = ThreadLocalSqlite(self.path)
+        self.db.conn().executescript(_SCHEMA)
 
     def check(self) -> None:
         """Raise when the file cannot be used (for /ready)."""
-        self._conn().execute("SELECT 1 FROM idempotency LIMIT 1").fetchall()
+        self.db.conn().execute("SELECT 1 FROM idempotency LIMIT 1").fetchall()
 
 
 @dataclass
@@ -212,7 +192,7 @@ class SqliteIdempotencyStore:
 
     def get(self, key: str) -> StoredResponse | None:
         row = (
-            self.state._conn()
+            self.state.db.conn()
             .execute(
                 "SELECT status, body, media_type, headers, fingerprint FROM idempotency "
                 "WHERE key = ? AND expires > ? AND status IS NOT NULL",
@@ -227,7 +207,7 @@ class SqliteIdempotencyStore:
 
     def put(self, key: str, response: StoredResponse) -> None:
         now = self.clock()
-        with self.state._tx() as db:
+        with self.state.db.tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO idempotency "
                 "(key, created, expires, status, media_type, headers, body, fingerprint) "
@@ -252,7 +232,7 @@ class SqliteIdempotencyStore:
 
     def claim(self, key: str, hold_s: float) -> bool:
         now = self.clock()
-        with self.state._tx() as db:
+        with self.state.db.tx() as db:
             row = db.execute("SELECT expires FROM idempotency WHERE key = ?", (key,)).fetchone()
             if row is not None and float(row[0]) > now:
                 return False
@@ -263,7 +243,7 @@ class SqliteIdempotencyStore:
             return True
 
     def release(self, key: str) -> None:
-        with self.state._tx() as db:
+        with self.state.db.tx() as db:
             db.execute("DELETE FROM idempotency WHERE key = ? AND status IS NULL", (key,))
 
 
@@ -275,7 +255,7 @@ class SqliteReplayCache:
 
     def seen(self, issuer: str, jti: str, expires: float) -> bool:
         now = self.clock()
-        with self.state._tx() as db:
+        with self.state.db.tx() as db:
             row = db.execute("SELECT expires FROM jti WHERE issuer = ? AND jti = ?", (issuer, jti)).fetchone()
             if row is not None and float(row[0]) > now:
                 return True

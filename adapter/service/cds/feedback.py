@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -36,6 +34,7 @@ import orjson
 
 from adapter.errors import InputError
 from adapter.service.errors import BadRequestError
+from adapter.service.sqlite import ThreadLocalSqlite
 
 OUTCOMES: Final = frozenset({"accepted", "overridden"})
 MAX_ITEMS: Final = 200
@@ -178,34 +177,10 @@ class FeedbackStore:
             if not Path(self.path).exists():
                 fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
                 os.close(fd)
-        self._local = threading.local()
-        self._write = threading.Lock()  # one writer per process (SQLite's lock serialises the workers)
-        self._keep = self._conn()  # an in-memory database lives as long as one connection does
+        # one writer per process (SQLite's lock serialises the workers)
+        self.db = ThreadLocalSqlite(self.path, uri=self._uri, serialise_writes=True)
+        self._keep = self.db.conn()  # an in-memory database lives as long as one connection does
         self._keep.executescript(_SCHEMA)  # executescript commits by itself
-
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(
-                self.path, timeout=10.0, isolation_level=None, check_same_thread=False, uri=self._uri
-            )
-            if not self._uri:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
-        return conn
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        with self._write:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
 
     def record_cards(
         self,
@@ -238,7 +213,7 @@ class FeedbackStore:
             )
         if not rows:
             return
-        with self._tx() as db:
+        with self.db.tx() as db:
             db.executemany("INSERT OR IGNORE INTO cards VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def record_feedback(
@@ -246,7 +221,7 @@ class FeedbackStore:
     ) -> int:
         """Store the items (a repeated item once); returns how many were new."""
         new = 0
-        with self._tx() as db:
+        with self.db.tx() as db:
             for it in items:
                 cur = db.execute(
                     "INSERT OR IGNORE INTO feedback (service_id, card_uuid, outcome, accepted, "
