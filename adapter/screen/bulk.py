@@ -22,7 +22,6 @@ and the screening resumes its own work.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ import orjson
 from adapter.errors import AdapterError, ExitCode
 from adapter.fhir.client import FhirClient, FhirError, parse_retry_after
 from adapter.input.resource_types import USED_RESOURCE_TYPES
+from adapter.screen.output import write_atomic
 
 JOB_FILE = "export-job.json"
 EXPORT_DIR = "export"
@@ -86,9 +86,7 @@ def _read_job(path: Path) -> dict[str, Any] | None:
 
 
 def _write_job(path: Path, job: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(orjson.dumps(job, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
-    os.replace(tmp, path)
+    write_atomic(path, orjson.dumps(job, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
 
 
 def kick_off(client: FhirClient, request: ExportRequest) -> str:

@@ -78,7 +78,7 @@ from adapter.screen.export import (
     type_and_id,
     unit_blocks,
 )
-from adapter.screen.output import MergeResult, merge_outputs
+from adapter.screen.output import MergeResult, merge_outputs, write_atomic
 from adapter.screen.progress import Progress, ProgressMode
 from adapter.screen.report import ExportCounts, LineCounts, build_report, finish_report, orphans_in_order
 
@@ -127,13 +127,8 @@ class ScreenOptions:
 
 @dataclass(slots=True)
 class ScreenReport:
-    report: dict[str, Any]  # report.json (deterministic)
+    report: dict[str, Any]  # report.json without its run section (the same for the same input)
     stats: dict[str, Any]  # run-stats.json (timings, memory, reuse)
-    problems_shown: list[str] = field(default_factory=list)
-
-    @property
-    def exit_code(self) -> int:
-        return 0
 
 
 def partition_count(candidates: int | None, input_bytes: int) -> int:
@@ -149,15 +144,6 @@ def partition_count(candidates: int | None, input_bytes: int) -> int:
 
 
 # -- state -------------------------------------------------------------------------------------------
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class State:
     """``state.json``: what the run has finished (each entry written only after its files were renamed)."""
 
@@ -190,7 +176,7 @@ class State:
         return state, False
 
     def save(self) -> None:
-        _write_atomic(self.path, orjson.dumps(self.data, option=orjson.OPT_SORT_KEYS))
+        write_atomic(self.path, orjson.dumps(self.data, option=orjson.OPT_SORT_KEYS))
 
     def done(self, stage: str, key: int | str) -> dict[str, Any] | None:
         value = self.data[stage].get(str(key))
@@ -529,7 +515,7 @@ class _Router:
                 index.append([p, offset, len(data)])
                 offset += len(data)
         os.replace(tmp, self.spill / name)
-        _write_atomic(self.spill / f"{name}.idx", orjson.dumps(index))
+        write_atomic(self.spill / f"{name}.idx", orjson.dumps(index))
         self.segments.append(name)
         self.buffers.clear()
         self.buffered = 0
@@ -811,7 +797,7 @@ def _run(
     # deleted resources and export errors (small: read every run)
     t = time.monotonic()
     deleted, unreadable_deleted = deleted_references(export.of_kind("deleted"))
-    _write_atomic(work / "deleted.txt", "\n".join(sorted(deleted)).encode())
+    write_atomic(work / "deleted.txt", "\n".join(sorted(deleted)).encode())
     export_errors = sum(count_lines(f) for f in export.of_kind("error"))
 
     # pass 1a: Medications
@@ -837,7 +823,7 @@ def _run(
                     f.write(line)
                     offset += len(line)
         os.replace(work / ".medications.bin.tmp", work / "medications.bin")
-        _write_atomic(work / "medications.idx", orjson.dumps(store, option=orjson.OPT_SORT_KEYS))
+        write_atomic(work / "medications.idx", orjson.dumps(store, option=orjson.OPT_SORT_KEYS))
         ino = sorted(ino_set)
         state.data["pass1a"] = {
             "done": True,
@@ -862,7 +848,7 @@ def _run(
         for r in _progress(runner, candidates_task, todo, "pass 1 (candidates)", mode):
             found.update(r["candidates"])
             parsed += r["parsed"]
-        _write_atomic(work / "candidates.bin", b"\n".join(sorted(c.encode() for c in found)) + b"\n")
+        write_atomic(work / "candidates.bin", b"\n".join(sorted(c.encode() for c in found)) + b"\n")
         state.data["pass1b"] = {"parsed": parsed}
         state.data["candidates"] = candidates = len(found)
         state.save()
@@ -919,7 +905,7 @@ def _run(
         for unit in units
         for lineno, fault in (routed.get(unit.index) or {}).get("orphans", ())
     )
-    _write_atomic(work / "units.json", orjson.dumps({"names": names, "offsets": offsets}))
+    write_atomic(work / "units.json", orjson.dumps({"names": names, "offsets": offsets}))
     _CACHE.pop(("units", str(work / "units.json")), None)
     _CACHE.pop(("medications", str(work)), None)
 

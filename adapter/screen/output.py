@@ -162,7 +162,15 @@ def merge_outputs(parts: list[Path], out_dir: Path, work: Path) -> MergeResult:
     return result
 
 
-def write_report(path: Path, report: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+def write_atomic(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` all or nothing: a temporary file, flushed to disk, then renamed."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    write_atomic(path, orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
