@@ -27,6 +27,8 @@ from adapter.input.resource_types import R4_RESOURCE_TYPES, USED_RESOURCE_TYPES
 
 JSON_SUFFIXES = (".json",)
 NDJSON_SUFFIXES = (".ndjson", ".jsonl")
+#: The fault of a line that does not parse as JSON (the parser's details dropped).
+NOT_JSON = "not JSON"
 READABLE_BUNDLE_TYPES = frozenset({"collection", "searchset", "transaction", "batch", "document", "message"})
 
 #: A FHIR id (R4 ``id`` datatype).
@@ -148,30 +150,20 @@ def _read_file(path: Path, batch: InputBatch, in_directory: bool) -> None:
 
 def _read_ndjson(name: str, data: bytes, batch: InputBatch, in_directory: bool) -> None:
     """Each line on its own: a line that cannot be read is a BrokenLine, the others are read."""
+    part = InputBatch()
     read = 0  # lines that were FHIR resources (used or not)
-    broken: list[BrokenLine] = []
-    not_json = False
     for lineno, line in enumerate(data.splitlines(), start=1):
-        if not line.strip():
-            continue
-        origin = f"{name}:{lineno}"
-        one = InputBatch()
-        try:
-            _take(parse_json_bytes(line, origin), origin, None, one)
-        except InputError as exc:
-            not_json = not_json or exc.fault.startswith("not JSON")
-            broken.append(_broken(origin, exc.fault, line))
-            continue
-        read += 1
-        batch.resources.extend(one.resources)
-        batch.ignored.update(one.ignored)
+        read += read_ndjson_line(line, f"{name}:{lineno}", part)
+    broken = part.broken
     if read == 0 and broken:
         if not in_directory:  # a file given on its own with not one resource is unusable
             raise InputError(broken[0].origin, broken[0].fault)
-        if not not_json:  # JSON, but not FHIR (a log, metadata): not patient data
+        if not any(b.fault == NOT_JSON for b in broken):  # JSON, but not FHIR (a log, metadata)
             batch.skipped.append((name, f"no FHIR resource on any line ({broken[0].fault})"))
             return
     batch.files.append(name)
+    batch.resources.extend(part.resources)
+    batch.ignored.update(part.ignored)
     batch.broken.extend(broken)
 
 
@@ -196,11 +188,9 @@ def read_ndjson_line(line: bytes, origin: str, batch: InputBatch) -> bool:
 def unreadable_line(line: bytes, origin: str) -> BrokenLine | None:
     """The :class:`BrokenLine` for one non-blank NDJSON line that cannot be read as FHIR R4 (not JSON, not a
     resource, an unknown type, an unreadable Bundle), or None when it can. Nothing of it is kept."""
-    try:
-        _take(parse_json_bytes(line, origin), origin, None, InputBatch())
-    except InputError as exc:
-        return _broken(origin, exc.fault, line)
-    return None
+    one = InputBatch()
+    read_ndjson_line(line, origin, one)
+    return one.broken[0] if one.broken else None
 
 
 def not_a_resource(value: Any) -> str | None:
@@ -269,8 +259,8 @@ def _bundle_entries(bundle: dict[str, Any], origin: str) -> Iterator[tuple[str, 
 
 def _broken(origin: str, fault: str, raw: bytes) -> BrokenLine:
     """A BrokenLine with the patients its raw text names; ``fault`` says what, never the content."""
-    if fault.startswith("not JSON"):
-        fault = "not JSON"  # the parser's position details are noise here
+    if fault.startswith(NOT_JSON):
+        fault = NOT_JSON  # the parser's position details are noise here
     references = []
     for m in _SUBJECT_REFERENCE.finditer(raw):
         try:
